@@ -7,6 +7,11 @@
 #ifndef UMBRA_CONFIG_H
 #define UMBRA_CONFIG_H
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+/* pcre2.h refuses to compile without a code unit width; umbra matches bytes. */
+#ifndef PCRE2_CODE_UNIT_WIDTH
+#define PCRE2_CODE_UNIT_WIDTH 8
+#endif
 #include <pcre2.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -60,6 +65,7 @@ struct cfg_cluster {
     uint64_t keepalive_idle_timeout_ms; /* default 60 s */
     uint32_t max_pending;        /* default 1024: in-flight shadow requests per worker */
     struct cfg_circuit_breaker circuit_breaker;
+    int line, column; /* of the cluster's node, for later error reports */
 };
 
 enum cfg_match_kind { CFG_MATCH_PREFIX, CFG_MATCH_EXACT, CFG_MATCH_REGEX };
@@ -89,6 +95,7 @@ struct cfg_mirror {
     size_t nset_headers;
     char **remove_headers;   /* lowercase */
     size_t nremove_headers;
+    int line, column;        /* of the mirror's node, for later error reports */
 };
 
 struct cfg_route {
@@ -97,6 +104,7 @@ struct cfg_route {
     size_t cluster;          /* index into config.clusters */
     struct cfg_mirror *mirrors;
     size_t nmirrors;
+    int line, column;        /* of the route's node, for later error reports */
 };
 
 struct config {
@@ -142,9 +150,17 @@ int config_cluster_index(const struct config *cfg, const char *name);
 int config_parse_size(const char *s, uint64_t *out);
 /** "250ms", "2s", "1m", "1h", "500us" (rounded up to ms), "0" -> milliseconds. */
 int config_parse_duration(const char *s, uint64_t *out_ms);
-/** "5%", "0.5%", "100%" -> parts per million (0..CFG_PPM). */
+/** "5%", "0.5%", "100%" -> parts per million (0..CFG_PPM); at most four
+ *  decimals (1 ppm = 0.0001%). A bare "5" also means 5 % here (the admin API's
+ *  form); the YAML loader insists on the "%" because "fraction: 0.5" is ambiguous. */
 int config_parse_percent(const char *s, uint32_t *out_ppm);
 /** "127.0.0.1:80", "[::1]:80", "localhost:80" (resolved), port 0 allowed. */
 int config_parse_addr(const char *s, struct cfg_addr *out);
+
+/** Turns hostname resolution on (the default) or off for every later load and
+ *  config_parse_addr() call in the process; when off, only numeric addresses
+ *  are accepted. For the fuzzer and tests, which must never wait on DNS. Call
+ *  it from the thread that loads configurations (it is not synchronized). */
+void config_set_resolve_names(bool on);
 
 #endif

@@ -79,6 +79,11 @@ struct h1_limits {
  *  before each new message. */
 struct h1_parser {
     size_t scanned;
+    /* Private (requests): which part of the request line the scan is in and
+     * where that part starts, so an incomplete request line is checked as it
+     * arrives (414 before the head ends) without being rescanned. */
+    int part;
+    size_t part_start;
 };
 
 void h1_parser_reset(struct h1_parser *p);
@@ -165,7 +170,7 @@ void h1_chunked_init(struct h1_chunked *c);
 
 enum h1_chunked_result {
     H1_CHUNK_NEED_MORE = 1, /* consumed what it could; call again with more bytes */
-    H1_CHUNK_DATA = 2,      /* *data/*data_len is body data (points into buf) */
+    H1_CHUNK_DATA = 2,      /* data and data_len are body data (points into buf) */
     H1_CHUNK_DONE = 3,      /* last chunk and trailer section complete */
 };
 

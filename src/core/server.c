@@ -1,0 +1,349 @@
+/* server — the main thread: opens listening sockets (one per listener per
+ * worker), publishes config snapshots to the workers, handles signals,
+ * reloads and the drain on exit. It is never on a request's path. */
+#include "core/server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "admin/admin.h"
+#include "core/log.h"
+#include "core/net.h"
+#include "core/server_internal.h"
+#include "core/stats.h"
+#include "core/worker.h"
+
+#define LISTEN_BACKLOG 4096
+#define SNAPSHOT_REAP_S 1.0
+
+/* A listening address and its per-worker sockets, shared by every snapshot
+ * that has a listener on it, so a reload keeps accepting without a gap. */
+struct lsock {
+    char key[sizeof(((struct cfg_addr *)0)->text)];
+    int *fds;
+    int refs;
+    struct lsock *next;
+};
+
+static struct {
+    struct ev_loop *loop;
+    const char *config_path;
+    int nworkers;
+    struct worker **workers;
+    struct lsock *lsocks;
+    struct snapshot *current;
+    struct snapshot *retired;
+    uint64_t gen;
+    int admin_fd;
+    bool draining;
+    int workers_done;
+    ev_signal sig_term, sig_int, sig_hup;
+    ev_timer reap_timer, drain_timer, exit_poll;
+} srv;
+
+static struct lsock *lsock_get(const struct cfg_listener *l, const char **err)
+{
+    for (struct lsock *s = srv.lsocks; s; s = s->next)
+        if (strcmp(s->key, l->listen.text) == 0) {
+            s->refs++;
+            return s;
+        }
+    struct lsock *s = calloc(1, sizeof *s);
+    int *fds = calloc((size_t)srv.nworkers, sizeof *fds);
+    if (!s || !fds) abort();
+    struct cfg_addr addr = l->listen;
+    for (int w = 0; w < srv.nworkers; w++) {
+        int fd = net_listen(&addr, true, LISTEN_BACKLOG);
+        if (fd < 0) {
+            *err = strerror(-fd);
+            while (w--) close(fds[w]);
+            free(fds);
+            free(s);
+            return NULL;
+        }
+        fds[w] = fd;
+        if (w == 0) { /* port 0: every worker's socket shares the port the first got */
+            struct cfg_addr bound;
+            net_local_addr(fd, &bound);
+            memcpy(&addr.ss, &bound.ss, bound.len);
+            addr.len = bound.len;
+            log_info("server", "listener %s listening on %s", l->name, bound.text);
+        }
+    }
+    snprintf(s->key, sizeof s->key, "%s", l->listen.text);
+    s->fds = fds;
+    s->refs = 1;
+    s->next = srv.lsocks;
+    srv.lsocks = s;
+    return s;
+}
+
+static void lsock_put(const char *key)
+{
+    for (struct lsock **pp = &srv.lsocks; *pp; pp = &(*pp)->next) {
+        struct lsock *s = *pp;
+        if (strcmp(s->key, key) != 0) continue;
+        if (--s->refs) return;
+        for (int w = 0; w < srv.nworkers; w++) close(s->fds[w]);
+        *pp = s->next;
+        free(s->fds);
+        free(s);
+        return;
+    }
+}
+
+static void snapshot_free(struct snapshot *snap)
+{
+    for (size_t l = 0; l < snap->cfg->nlisteners; l++) lsock_put(snap->cfg->listeners[l].listen.text);
+    free(snap->listen_fds);
+    config_free(snap->cfg);
+    free(snap);
+}
+
+/* Builds a snapshot for cfg (ownership taken). NULL with an error logged if a
+ * socket cannot be opened; cfg is then freed. */
+static struct snapshot *snapshot_new(struct config *cfg)
+{
+    struct snapshot *snap = calloc(1, sizeof *snap);
+    if (!snap) abort();
+    snap->cfg = cfg;
+    snap->nworkers = srv.nworkers;
+    snap->gen = ++srv.gen;
+    atomic_init(&snap->refs, 1);
+    snap->listen_fds = calloc(cfg->nlisteners * (size_t)srv.nworkers + 1, sizeof(int));
+    if (!snap->listen_fds) abort();
+    for (size_t l = 0; l < cfg->nlisteners; l++) {
+        const char *err = NULL;
+        struct lsock *s = lsock_get(&cfg->listeners[l], &err);
+        if (!s) {
+            log_error("server", "listener %s: cannot listen on %s: %s", cfg->listeners[l].name,
+                      cfg->listeners[l].listen.text, err);
+            while (l--) lsock_put(cfg->listeners[l].listen.text);
+            free(snap->listen_fds);
+            config_free(cfg);
+            free(snap);
+            return NULL;
+        }
+        memcpy(&snap->listen_fds[l * (size_t)srv.nworkers], s->fds, (size_t)srv.nworkers * sizeof(int));
+    }
+    return snap;
+}
+
+static void reap_snapshots(void)
+{
+    for (struct snapshot **pp = &srv.retired; *pp;) {
+        struct snapshot *s = *pp;
+        if (atomic_load(&s->refs) == 0) {
+            *pp = s->next;
+            snapshot_free(s);
+        } else {
+            pp = &s->next;
+        }
+    }
+}
+
+static void publish(struct snapshot *snap)
+{
+    struct snapshot *old = srv.current;
+    srv.current = snap;
+    atomic_store(&worker_current_snapshot, snap);
+    if (old) {
+        atomic_fetch_sub(&old->refs, 1); /* the publisher's reference */
+        old->next = srv.retired;
+        srv.retired = old;
+    }
+    for (int i = 0; i < srv.nworkers; i++) worker_wake(srv.workers[i]);
+}
+
+static void apply_log_level(const struct config *cfg)
+{
+    int lvl = cfg->log_level ? log_level_parse(cfg->log_level) : LOG_INFO;
+    log_set_level(lvl < 0 ? LOG_INFO : (enum log_level)lvl);
+}
+
+int server_reload(struct strbuf *err)
+{
+    if (!srv.config_path) {
+        strbuf_puts(err, "this process has no configuration file to reload\n");
+        return -1;
+    }
+    if (srv.draining) {
+        strbuf_puts(err, "draining: reload refused\n");
+        return -1;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    FILE *errs = open_memstream(&text, &len);
+    if (!errs) abort();
+    struct config *cfg = config_load(srv.config_path, errs);
+    fclose(errs);
+    if (!cfg) {
+        log_error("server", "reload: %s: invalid configuration, keeping the current one:\n%s",
+                  srv.config_path, text);
+        strbuf_append(err, text, len);
+        free(text);
+        return -1;
+    }
+    free(text);
+    if (cfg->workers && (int)cfg->workers != srv.nworkers)
+        log_warn("server", "reload: workers changes only on restart (keeping %d)", srv.nworkers);
+    apply_log_level(cfg);
+    struct snapshot *snap = snapshot_new(cfg);
+    if (!snap) {
+        strbuf_puts(err, "cannot open a listening socket (see log)\n");
+        return -1;
+    }
+    publish(snap);
+    log_info("server", "reloaded %s (generation %lu)", srv.config_path, (unsigned long)snap->gen);
+    reap_snapshots();
+    return 0;
+}
+
+bool server_draining(void) { return srv.draining; }
+
+static void exit_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    /* Workers leave their loops when drained; pthread_tryjoin tells us. */
+    for (int i = 0; i < srv.nworkers; i++)
+        if (srv.workers[i] && pthread_tryjoin_np(srv.workers[i]->thread, NULL) == 0) {
+            ev_loop_destroy(srv.workers[i]->loop);
+            free(srv.workers[i]);
+            srv.workers[i] = NULL;
+            srv.workers_done++;
+        }
+    if (srv.workers_done == srv.nworkers) ev_break(loop, EVBREAK_ALL);
+}
+
+static void drain_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    log_warn("server", "drain timeout: closing the remaining connections");
+    atomic_store(&worker_force_close, true);
+    for (int i = 0; i < srv.nworkers; i++)
+        if (srv.workers[i]) worker_wake(srv.workers[i]);
+}
+
+static void start_drain(void)
+{
+    if (srv.draining) return;
+    srv.draining = true;
+    log_info("server", "draining: finishing in-flight requests");
+    atomic_store(&worker_drain_requested, true);
+    for (int i = 0; i < srv.nworkers; i++) worker_wake(srv.workers[i]);
+    ev_timer_init(&srv.drain_timer, drain_timeout_cb,
+                  (double)srv.current->cfg->drain_timeout_ms / 1000.0, 0.0);
+    ev_timer_start(srv.loop, &srv.drain_timer);
+    ev_timer_init(&srv.exit_poll, exit_poll_cb, 0.02, 0.02);
+    ev_timer_start(srv.loop, &srv.exit_poll);
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    if (s->signum == SIGHUP) {
+        struct strbuf err = STRBUF_INIT;
+        server_reload(&err);
+        strbuf_free(&err);
+        return;
+    }
+    start_drain();
+}
+
+static void reap_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) { reap_snapshots(); }
+
+static int open_admin(const struct config *cfg)
+{
+    if (!cfg->admin_enabled) return -1;
+    int fd = net_listen(&cfg->admin, false, 128);
+    if (fd < 0) {
+        log_error("server", "admin: cannot listen on %s: %s", cfg->admin.text, strerror(-fd));
+        return -2;
+    }
+    struct cfg_addr bound;
+    net_local_addr(fd, &bound);
+    log_info("server", "admin listening on %s", bound.text);
+    return fd;
+}
+
+static void shutdown_all(void)
+{
+    if (srv.admin_fd >= 0) {
+        admin_stop();
+        close(srv.admin_fd);
+    }
+    for (int i = 0; i < srv.nworkers; i++)
+        if (srv.workers[i]) worker_join_free(srv.workers[i]);
+    free(srv.workers);
+    if (srv.current) {
+        atomic_fetch_sub(&srv.current->refs, 1);
+        srv.current->next = srv.retired;
+        srv.retired = srv.current;
+        srv.current = NULL;
+    }
+    reap_snapshots();
+    stats_free_all();
+}
+
+int server_run(struct config *cfg, const char *config_path)
+{
+    signal(SIGPIPE, SIG_IGN);
+    apply_log_level(cfg);
+    memset(&srv, 0, sizeof srv);
+    srv.config_path = config_path;
+    srv.loop = ev_default_loop(0);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    srv.nworkers = cfg->workers ? (int)cfg->workers : (int)(ncpu > 0 ? ncpu : 1);
+    if (srv.nworkers > STATS_MAX_WORKERS) srv.nworkers = STATS_MAX_WORKERS;
+    atomic_store(&worker_drain_requested, false);
+    atomic_store(&worker_force_close, false);
+
+    srv.admin_fd = open_admin(cfg);
+    if (srv.admin_fd == -2) {
+        config_free(cfg);
+        return 1;
+    }
+    struct snapshot *snap = snapshot_new(cfg);
+    if (!snap) {
+        if (srv.admin_fd >= 0) close(srv.admin_fd);
+        return 1;
+    }
+    srv.workers = calloc((size_t)srv.nworkers, sizeof *srv.workers);
+    if (!srv.workers) abort();
+    for (int i = 0; i < srv.nworkers; i++) srv.workers[i] = worker_new(i, stats_worker_new(i));
+    srv.current = snap;
+    atomic_store(&worker_current_snapshot, snap);
+    for (int i = 0; i < srv.nworkers; i++) {
+        int rc = worker_start(srv.workers[i]);
+        if (rc < 0) {
+            log_error("server", "cannot start worker %d: %s", i, strerror(-rc));
+            abort();
+        }
+    }
+    if (srv.admin_fd >= 0 && admin_start(srv.loop, srv.admin_fd) < 0)
+        log_error("server", "admin listener failed to start");
+    log_info("server", "umbra running: %d worker%s, %zu listener%s, %zu route%s", srv.nworkers,
+             srv.nworkers == 1 ? "" : "s", cfg->nlisteners, cfg->nlisteners == 1 ? "" : "s",
+             cfg->nroutes, cfg->nroutes == 1 ? "" : "s");
+
+    ev_signal_init(&srv.sig_term, signal_cb, SIGTERM);
+    ev_signal_init(&srv.sig_int, signal_cb, SIGINT);
+    ev_signal_init(&srv.sig_hup, signal_cb, SIGHUP);
+    ev_signal_start(srv.loop, &srv.sig_term);
+    ev_signal_start(srv.loop, &srv.sig_int);
+    ev_signal_start(srv.loop, &srv.sig_hup);
+    ev_timer_init(&srv.reap_timer, reap_timer_cb, SNAPSHOT_REAP_S, SNAPSHOT_REAP_S);
+    ev_timer_start(srv.loop, &srv.reap_timer);
+
+    ev_run(srv.loop, 0);
+
+    ev_signal_stop(srv.loop, &srv.sig_term);
+    ev_signal_stop(srv.loop, &srv.sig_int);
+    ev_signal_stop(srv.loop, &srv.sig_hup);
+    ev_timer_stop(srv.loop, &srv.reap_timer);
+    ev_timer_stop(srv.loop, &srv.drain_timer);
+    ev_timer_stop(srv.loop, &srv.exit_poll);
+    shutdown_all();
+    log_info("server", "stopped");
+    return 0;
+}

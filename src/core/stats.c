@@ -1,0 +1,269 @@
+/* stats — per-worker blocks, summed and rendered on scrape. */
+#include "core/stats.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct worker_stats *workers[STATS_MAX_WORKERS];
+static int nworkers;
+
+/* Upper bounds in microseconds; the last bucket is +Inf. */
+static const uint64_t hist_bounds_us[STATS_HIST_BUCKETS - 1] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+    250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000,
+};
+
+static const char *const uperr_names[UPERR_COUNT] = {
+    "connect_refused", "connect_timeout", "reset", "protocol",
+    "timeout", "overflow", "no_endpoint", "retry",
+};
+
+const char *upstream_error_name(enum upstream_error e) { return uperr_names[e]; }
+
+struct worker_stats *stats_worker_new(int id)
+{
+    if (nworkers == STATS_MAX_WORKERS) return NULL;
+    struct worker_stats *ws = calloc(1, sizeof *ws);
+    if (!ws) abort();
+    ws->id = id;
+    workers[nworkers++] = ws;
+    return ws;
+}
+
+void stats_free_all(void)
+{
+    for (int i = 0; i < nworkers; i++) free(workers[i]);
+    nworkers = 0;
+}
+
+struct stats_cluster *stats_cluster_get(struct worker_stats *ws, const char *name)
+{
+    uint64_t n = ws->nclusters;
+    for (uint64_t i = 0; i < n; i++)
+        if (strcmp(ws->clusters[i].name, name) == 0) return &ws->clusters[i];
+    if (n == STATS_MAX_CLUSTERS) return NULL;
+    struct stats_cluster *c = &ws->clusters[n];
+    snprintf(c->name, sizeof c->name, "%s", name);
+    __atomic_store_n(&ws->nclusters, n + 1, __ATOMIC_RELEASE);
+    return c;
+}
+
+void stats_hist_observe(struct stats_hist *h, uint64_t us)
+{
+    int b = 0;
+    while (b < STATS_HIST_BUCKETS - 1 && us > hist_bounds_us[b]) b++;
+    STAT_INC(h->buckets[b]);
+    STAT_ADD(h->sum_us, us);
+    STAT_INC(h->count);
+}
+
+static void hist_add(struct stats_hist *dst, const struct stats_hist *src)
+{
+    for (int b = 0; b < STATS_HIST_BUCKETS; b++) dst->buckets[b] += STAT_READ(src->buckets[b]);
+    dst->sum_us += STAT_READ(src->sum_us);
+    dst->count += STAT_READ(src->count);
+}
+
+/* A summed view of every worker, built on the main thread per scrape. */
+struct totals {
+    struct worker_stats all;
+    struct stats_cluster clusters[STATS_MAX_CLUSTERS];
+    int nclusters;
+};
+
+static struct stats_cluster *totals_cluster(struct totals *t, const char *name)
+{
+    for (int i = 0; i < t->nclusters; i++)
+        if (strcmp(t->clusters[i].name, name) == 0) return &t->clusters[i];
+    if (t->nclusters == STATS_MAX_CLUSTERS) return NULL;
+    struct stats_cluster *c = &t->clusters[t->nclusters++];
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    return c;
+}
+
+static void sum_cluster(struct stats_cluster *dst, const struct stats_cluster *src)
+{
+    dst->requests += STAT_READ(src->requests);
+    for (int e = 0; e < UPERR_COUNT; e++) dst->errors[e] += STAT_READ(src->errors[e]);
+    dst->cx_active += STAT_READ(src->cx_active);
+    dst->cx_total += STAT_READ(src->cx_total);
+    dst->cx_reused += STAT_READ(src->cx_reused);
+    hist_add(&dst->latency, &src->latency);
+}
+
+static void sum_worker(struct totals *t, const struct worker_stats *w)
+{
+    struct worker_stats *a = &t->all;
+    a->downstream_cx_total += STAT_READ(w->downstream_cx_total);
+    a->downstream_cx_active += STAT_READ(w->downstream_cx_active);
+    a->downstream_cx_rejected += STAT_READ(w->downstream_cx_rejected);
+    a->downstream_requests += STAT_READ(w->downstream_requests);
+    a->downstream_rejected += STAT_READ(w->downstream_rejected);
+    a->downstream_bytes_in += STAT_READ(w->downstream_bytes_in);
+    a->downstream_bytes_out += STAT_READ(w->downstream_bytes_out);
+    for (int c = 0; c < 600; c++) a->downstream_responses[c] += STAT_READ(w->downstream_responses[c]);
+    hist_add(&a->downstream_duration, &w->downstream_duration);
+    uint64_t n = __atomic_load_n(&w->nclusters, __ATOMIC_ACQUIRE);
+    for (uint64_t i = 0; i < n; i++) {
+        struct stats_cluster *dst = totals_cluster(t, w->clusters[i].name);
+        if (dst) sum_cluster(dst, &w->clusters[i]);
+    }
+}
+
+static struct totals *totals_collect(void)
+{
+    struct totals *t = calloc(1, sizeof *t);
+    if (!t) abort();
+    for (int i = 0; i < nworkers; i++) sum_worker(t, workers[i]);
+    return t;
+}
+
+static void prom_hist(struct strbuf *out, const char *name, const char *labels,
+                      const struct stats_hist *h)
+{
+    uint64_t cum = 0;
+    const char *sep = labels[0] ? "," : "";
+    for (int b = 0; b < STATS_HIST_BUCKETS; b++) {
+        cum += h->buckets[b];
+        if (b < STATS_HIST_BUCKETS - 1)
+            strbuf_printf(out, "%s_bucket{%s%sle=\"%g\"} %lu\n", name, labels, sep,
+                          (double)hist_bounds_us[b] / 1e6, (unsigned long)cum);
+        else
+            strbuf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %lu\n", name, labels, sep,
+                          (unsigned long)cum);
+    }
+    const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+    strbuf_printf(out, "%s_sum%s%s%s %.6f\n", name, open, labels, close, (double)h->sum_us / 1e6);
+    strbuf_printf(out, "%s_count%s%s%s %lu\n", name, open, labels, close, (unsigned long)h->count);
+}
+
+static void prom_downstream(struct strbuf *out, const struct worker_stats *a)
+{
+    strbuf_printf(out,
+                  "# HELP umbra_downstream_requests_total Requests received from clients.\n"
+                  "# TYPE umbra_downstream_requests_total counter\n"
+                  "umbra_downstream_requests_total %lu\n"
+                  "# HELP umbra_downstream_rejected_total Requests umbra answered itself with an error "
+                  "(malformed, too large, timed out).\n"
+                  "# TYPE umbra_downstream_rejected_total counter\n"
+                  "umbra_downstream_rejected_total %lu\n"
+                  "# HELP umbra_downstream_connections_total Client connections accepted.\n"
+                  "# TYPE umbra_downstream_connections_total counter\n"
+                  "umbra_downstream_connections_total %lu\n"
+                  "# HELP umbra_downstream_connections_rejected_total Client connections refused "
+                  "over max_connections.\n"
+                  "# TYPE umbra_downstream_connections_rejected_total counter\n"
+                  "umbra_downstream_connections_rejected_total %lu\n"
+                  "# HELP umbra_downstream_connections_open Client connections open now.\n"
+                  "# TYPE umbra_downstream_connections_open gauge\n"
+                  "umbra_downstream_connections_open %ld\n"
+                  "# TYPE umbra_downstream_bytes_received_total counter\n"
+                  "umbra_downstream_bytes_received_total %lu\n"
+                  "# TYPE umbra_downstream_bytes_sent_total counter\n"
+                  "umbra_downstream_bytes_sent_total %lu\n",
+                  (unsigned long)a->downstream_requests, (unsigned long)a->downstream_rejected,
+                  (unsigned long)a->downstream_cx_total, (unsigned long)a->downstream_cx_rejected,
+                  (long)a->downstream_cx_active, (unsigned long)a->downstream_bytes_in,
+                  (unsigned long)a->downstream_bytes_out);
+    strbuf_puts(out, "# HELP umbra_downstream_responses_total Responses sent to clients, by status.\n"
+                     "# TYPE umbra_downstream_responses_total counter\n");
+    for (int c = 100; c < 600; c++)
+        if (a->downstream_responses[c])
+            strbuf_printf(out, "umbra_downstream_responses_total{code=\"%d\"} %lu\n", c,
+                          (unsigned long)a->downstream_responses[c]);
+    strbuf_puts(out, "# HELP umbra_downstream_request_duration_seconds From request head to "
+                     "response end.\n# TYPE umbra_downstream_request_duration_seconds histogram\n");
+    prom_hist(out, "umbra_downstream_request_duration_seconds", "", &a->downstream_duration);
+}
+
+static void prom_clusters(struct strbuf *out, const struct totals *t)
+{
+    strbuf_puts(out, "# HELP umbra_upstream_requests_total Requests sent to a cluster.\n"
+                     "# TYPE umbra_upstream_requests_total counter\n");
+    for (int i = 0; i < t->nclusters; i++)
+        strbuf_printf(out, "umbra_upstream_requests_total{cluster=\"%s\"} %lu\n",
+                      t->clusters[i].name, (unsigned long)t->clusters[i].requests);
+    strbuf_puts(out, "# HELP umbra_upstream_errors_total Failed upstream requests by reason.\n"
+                     "# TYPE umbra_upstream_errors_total counter\n");
+    for (int i = 0; i < t->nclusters; i++)
+        for (int e = 0; e < UPERR_COUNT; e++)
+            strbuf_printf(out, "umbra_upstream_errors_total{cluster=\"%s\",reason=\"%s\"} %lu\n",
+                          t->clusters[i].name, uperr_names[e],
+                          (unsigned long)t->clusters[i].errors[e]);
+    strbuf_puts(out, "# HELP umbra_upstream_connections_open Upstream connections open now.\n"
+                     "# TYPE umbra_upstream_connections_open gauge\n");
+    for (int i = 0; i < t->nclusters; i++)
+        strbuf_printf(out, "umbra_upstream_connections_open{cluster=\"%s\"} %ld\n",
+                      t->clusters[i].name, (long)t->clusters[i].cx_active);
+    strbuf_puts(out, "# TYPE umbra_upstream_connections_total counter\n");
+    for (int i = 0; i < t->nclusters; i++)
+        strbuf_printf(out, "umbra_upstream_connections_total{cluster=\"%s\"} %lu\n",
+                      t->clusters[i].name, (unsigned long)t->clusters[i].cx_total);
+    strbuf_puts(out, "# TYPE umbra_upstream_connections_reused_total counter\n");
+    for (int i = 0; i < t->nclusters; i++)
+        strbuf_printf(out, "umbra_upstream_connections_reused_total{cluster=\"%s\"} %lu\n",
+                      t->clusters[i].name, (unsigned long)t->clusters[i].cx_reused);
+    strbuf_puts(out, "# HELP umbra_upstream_request_duration_seconds Upstream request start to "
+                     "response end.\n# TYPE umbra_upstream_request_duration_seconds histogram\n");
+    for (int i = 0; i < t->nclusters; i++) {
+        char labels[96];
+        snprintf(labels, sizeof labels, "cluster=\"%s\"", t->clusters[i].name);
+        prom_hist(out, "umbra_upstream_request_duration_seconds", labels, &t->clusters[i].latency);
+    }
+}
+
+void stats_render_prometheus(struct strbuf *out)
+{
+    struct totals *t = totals_collect();
+    prom_downstream(out, &t->all);
+    prom_clusters(out, t);
+    free(t);
+}
+
+static void json_hist(struct strbuf *out, const struct stats_hist *h)
+{
+    strbuf_printf(out, "{\"count\":%lu,\"sum_seconds\":%.6f}", (unsigned long)h->count,
+                  (double)h->sum_us / 1e6);
+}
+
+void stats_render_json(struct strbuf *out)
+{
+    struct totals *t = totals_collect();
+    const struct worker_stats *a = &t->all;
+    strbuf_printf(out,
+                  "{\"workers\":%d,\"downstream\":{\"requests\":%lu,\"rejected\":%lu,"
+                  "\"connections_total\":%lu,\"connections_open\":%ld,\"connections_rejected\":%lu,"
+                  "\"bytes_received\":%lu,\"bytes_sent\":%lu,\"duration\":",
+                  nworkers, (unsigned long)a->downstream_requests,
+                  (unsigned long)a->downstream_rejected, (unsigned long)a->downstream_cx_total,
+                  (long)a->downstream_cx_active, (unsigned long)a->downstream_cx_rejected,
+                  (unsigned long)a->downstream_bytes_in, (unsigned long)a->downstream_bytes_out);
+    json_hist(out, &a->downstream_duration);
+    strbuf_puts(out, ",\"responses\":{");
+    const char *sep = "";
+    for (int c = 100; c < 600; c++)
+        if (a->downstream_responses[c]) {
+            strbuf_printf(out, "%s\"%d\":%lu", sep, c, (unsigned long)a->downstream_responses[c]);
+            sep = ",";
+        }
+    strbuf_puts(out, "}},\"clusters\":{");
+    for (int i = 0; i < t->nclusters; i++) {
+        const struct stats_cluster *c = &t->clusters[i];
+        strbuf_printf(out, "%s\"", i ? "," : "");
+        strbuf_json_escape(out, c->name, strlen(c->name));
+        strbuf_printf(out, "\":{\"requests\":%lu,\"connections_open\":%ld,\"connections_total\":%lu,"
+                           "\"connections_reused\":%lu,\"errors\":{",
+                      (unsigned long)c->requests, (long)c->cx_active, (unsigned long)c->cx_total,
+                      (unsigned long)c->cx_reused);
+        for (int e = 0; e < UPERR_COUNT; e++)
+            strbuf_printf(out, "%s\"%s\":%lu", e ? "," : "", uperr_names[e],
+                          (unsigned long)c->errors[e]);
+        strbuf_puts(out, "},\"duration\":");
+        json_hist(out, &c->latency);
+        strbuf_puts(out, "}");
+    }
+    strbuf_puts(out, "}}");
+    free(t);
+}

@@ -1,0 +1,87 @@
+/* stats — per-worker counters and histograms, summed when scraped.
+ *
+ * Each worker writes only its own block, with relaxed atomic stores (no
+ * locked instructions on the hot path); the main thread reads them with
+ * relaxed loads and sums. Entries for clusters are added by name when a worker
+ * installs a snapshot and never removed, so figures survive reloads. */
+#ifndef UMBRA_STATS_H
+#define UMBRA_STATS_H
+
+#include <stdint.h>
+
+#include "core/strbuf.h"
+
+#define STATS_MAX_WORKERS 256
+#define STATS_MAX_CLUSTERS 128
+#define STATS_HIST_BUCKETS 17 /* 16 bounds + Inf */
+
+/** Adds n to a counter owned by the calling thread. */
+#define STAT_ADD(field, n) \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define STAT_INC(field) STAT_ADD(field, 1)
+#define STAT_DEC(field) STAT_ADD(field, -1)
+#define STAT_READ(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+struct stats_hist {
+    uint64_t buckets[STATS_HIST_BUCKETS];
+    uint64_t sum_us;
+    uint64_t count;
+};
+
+/** Why a request to an upstream failed; label `reason` in metrics. */
+enum upstream_error {
+    UPERR_CONNECT_REFUSED, /* "connect_refused": 502 */
+    UPERR_CONNECT_TIMEOUT, /* "connect_timeout": 502 */
+    UPERR_RESET,           /* "reset": closed or reset before a full response, 502 */
+    UPERR_PROTOCOL,        /* "protocol": malformed response, 502 */
+    UPERR_TIMEOUT,         /* "timeout": response deadline passed, 504 */
+    UPERR_OVERFLOW,        /* "overflow": max_connections reached, 503 */
+    UPERR_NO_ENDPOINT,     /* "no_endpoint": nothing to connect to, 503 */
+    UPERR_RETRY,           /* "retry": stale keep-alive connection retried (not a failure) */
+    UPERR_COUNT
+};
+
+/** The metrics label of e. */
+const char *upstream_error_name(enum upstream_error e);
+
+struct stats_cluster {
+    char name[64];
+    uint64_t requests;          /* requests sent (attempts that got a connection) */
+    uint64_t errors[UPERR_COUNT];
+    uint64_t cx_active;         /* open connections (gauge, may go down) */
+    uint64_t cx_total;
+    uint64_t cx_reused;         /* requests that reused a kept-alive connection */
+    struct stats_hist latency;  /* request start to response end */
+};
+
+struct worker_stats {
+    int id;
+    uint64_t downstream_cx_total;
+    uint64_t downstream_cx_active;   /* gauge */
+    uint64_t downstream_cx_rejected; /* over max_connections */
+    uint64_t downstream_requests;
+    uint64_t downstream_rejected;    /* answered 4xx/5xx by umbra's parser */
+    uint64_t downstream_responses[600];
+    uint64_t downstream_bytes_in, downstream_bytes_out;
+    struct stats_hist downstream_duration;
+    uint64_t nclusters;             /* published with release */
+    struct stats_cluster clusters[STATS_MAX_CLUSTERS];
+};
+
+/** Registers a new worker block (main thread, before workers start). The
+ *  block lives until stats_free_all(). */
+struct worker_stats *stats_worker_new(int id);
+/** Frees every block (at exit, after workers stopped). */
+void stats_free_all(void);
+/** The entry for cluster `name` in ws, added if new (owning worker only).
+ *  Returns NULL if the table is full. */
+struct stats_cluster *stats_cluster_get(struct worker_stats *ws, const char *name);
+/** Records one observation in microseconds. */
+void stats_hist_observe(struct stats_hist *h, uint64_t us);
+
+/** Prometheus text of everything (summed over workers). */
+void stats_render_prometheus(struct strbuf *out);
+/** JSON object of everything. */
+void stats_render_json(struct strbuf *out);
+
+#endif

@@ -1,0 +1,311 @@
+/* worker — a thread with its own libev loop: accepts on its SO_REUSEPORT
+ * sockets, runs connections, installs new snapshots between requests, and
+ * drains on request. */
+#include "core/worker.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/log.h"
+#include "http/h1s.h"
+#include "http/router.h"
+#include "upstream/pool.h"
+
+#define ACCEPT_BATCH 64
+#define ACCEPT_PAUSE_S 0.1
+
+_Atomic(struct snapshot *) worker_current_snapshot;
+atomic_bool worker_drain_requested;
+atomic_bool worker_force_close;
+atomic_uint worker_listener_conns[256];
+
+static struct log_ratelimit rl_accept;
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents);
+
+void worker_defer_free(struct worker *w, void (*free_fn)(void *), void *obj)
+{
+    struct deferred *d = malloc(sizeof *d);
+    if (!d) abort();
+    d->free_fn = free_fn;
+    d->obj = obj;
+    d->next = w->garbage;
+    w->garbage = d;
+}
+
+static void reap(struct worker *w)
+{
+    while (w->garbage) {
+        struct deferred *list = w->garbage;
+        w->garbage = NULL;
+        while (list) {
+            struct deferred *d = list;
+            list = d->next;
+            d->free_fn(d->obj);
+            free(d);
+        }
+    }
+}
+
+static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents) { reap(p->data); }
+
+/* ---- snapshots ---- */
+
+void wsnap_maybe_free(struct wsnap *ws)
+{
+    if (!ws->retired || ws->streams) return;
+    size_t n = ws->snap->cfg->nclusters;
+    for (size_t i = 0; i < n; i++)
+        if (ws->pools[i]) return;
+    struct worker *w = ws->w;
+    for (struct wsnap **pp = &w->retired; *pp; pp = &(*pp)->next)
+        if (*pp == ws) {
+            *pp = ws->next;
+            break;
+        }
+    atomic_fetch_sub(&ws->snap->refs, 1);
+    free(ws->pools);
+    free(ws->cstats);
+    free(ws);
+}
+
+void wsnap_stream_begin(struct wsnap *ws) { ws->streams++; }
+
+void wsnap_stream_end(struct wsnap *ws)
+{
+    ws->streams--;
+    wsnap_maybe_free(ws);
+}
+
+static void wsnap_retire(struct wsnap *ws)
+{
+    size_t n = ws->snap->cfg->nclusters;
+    ws->next = ws->w->retired;
+    ws->w->retired = ws;
+    for (size_t i = 0; i < n; i++)
+        if (ws->pools[i]) pool_retire(ws->pools[i]);
+    ws->retired = true;
+    wsnap_maybe_free(ws);
+}
+
+static struct wsnap *wsnap_new(struct worker *w, struct snapshot *snap)
+{
+    struct wsnap *ws = calloc(1, sizeof *ws);
+    if (!ws) abort();
+    atomic_fetch_add(&snap->refs, 1);
+    ws->snap = snap;
+    ws->w = w;
+    size_t n = snap->cfg->nclusters;
+    ws->pools = calloc(n ? n : 1, sizeof *ws->pools);
+    ws->cstats = calloc(n ? n : 1, sizeof *ws->cstats);
+    if (!ws->pools || !ws->cstats) abort();
+    for (size_t i = 0; i < n; i++) {
+        ws->cstats[i] = stats_cluster_get(w->stats, snap->cfg->clusters[i].name);
+        if (!ws->cstats[i]) ws->cstats[i] = stats_cluster_get(w->stats, "_overflow");
+        ws->pools[i] = pool_new(ws, &snap->cfg->clusters[i], ws->cstats[i]);
+    }
+    return ws;
+}
+
+static void stop_listeners(struct worker *w)
+{
+    for (size_t i = 0; i < w->nlisten; i++) ev_io_stop(w->loop, &w->listen_io[i]);
+}
+
+static void start_listeners(struct worker *w)
+{
+    if (w->draining) return;
+    for (size_t i = 0; i < w->nlisten; i++) ev_io_start(w->loop, &w->listen_io[i]);
+}
+
+static void install(struct worker *w, struct snapshot *snap)
+{
+    stop_listeners(w);
+    free(w->listen_io);
+    size_t nl = snap->cfg->nlisteners;
+    w->listen_io = calloc(nl ? nl : 1, sizeof *w->listen_io);
+    if (!w->listen_io) abort();
+    w->nlisten = nl;
+    for (size_t l = 0; l < nl; l++) {
+        ev_io_init(&w->listen_io[l], accept_cb, snap->listen_fds[l * (size_t)snap->nworkers + (size_t)w->id],
+                   EV_READ);
+        w->listen_io[l].data = w;
+    }
+    struct wsnap *old = w->cur;
+    w->cur = wsnap_new(w, snap);
+    if (old) wsnap_retire(old);
+    start_listeners(w);
+}
+
+static void start_drain(struct worker *w)
+{
+    w->draining = true;
+    stop_listeners(w);
+    /* shutdown() makes the kernel refuse new connections on our sockets now,
+     * without releasing the fd numbers the main thread still owns. */
+    for (size_t i = 0; i < w->nlisten; i++) shutdown(w->listen_io[i].fd, SHUT_RDWR);
+    for (struct h1s *c = w->conns, *next; c; c = next) {
+        next = h1s_next(c);
+        h1s_drain(c);
+    }
+    if (w->nconns == 0) ev_break(w->loop, EVBREAK_ALL);
+}
+
+void worker_conn_closed(struct worker *w)
+{
+    w->nconns--;
+    if (w->draining && w->nconns == 0) ev_break(w->loop, EVBREAK_ALL);
+}
+
+static void sync_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct worker *w = a->data;
+    struct snapshot *snap = atomic_load(&worker_current_snapshot);
+    if (!w->draining && (!w->cur || w->cur->snap != snap)) install(w, snap);
+    if (atomic_load(&worker_drain_requested) && !w->draining) start_drain(w);
+    if (atomic_load(&worker_force_close)) {
+        for (struct h1s *c = w->conns, *next; c; c = next) {
+            next = h1s_next(c);
+            h1s_abort(c);
+        }
+    }
+}
+
+/* ---- accepting ---- */
+
+static void resume_accept_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    start_listeners(t->data);
+}
+
+static void reject_connection(struct worker *w, int fd)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                               "Connection: close\r\n\r\n";
+    ssize_t n = write(fd, resp, sizeof resp - 1);
+    (void)n;
+    close(fd);
+    STAT_INC(w->stats->downstream_cx_rejected);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct worker *w = io->data;
+    size_t l = (size_t)(io - w->listen_io);
+    uint32_t max = w->cur->snap->cfg->listeners[l].limits.max_connections;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+            /* Out of descriptors or memory: pause accepting briefly instead of
+             * spinning on a readable listener. */
+            log_ratelimited(&rl_accept, LOG_ERROR, "worker", "accept: %s", strerror(errno));
+            stop_listeners(w);
+            static _Thread_local ev_timer pause;
+            ev_timer_init(&pause, resume_accept_cb, ACCEPT_PAUSE_S, 0.0);
+            pause.data = w;
+            ev_timer_start(loop, &pause);
+            return;
+        }
+        if (atomic_fetch_add(&worker_listener_conns[l], 1) >= max) {
+            atomic_fetch_sub(&worker_listener_conns[l], 1);
+            reject_connection(w, fd);
+            continue;
+        }
+        h1s_accept(w, fd, (struct sockaddr *)&ss, l);
+    }
+}
+
+/* ---- request ids ---- */
+
+static uint64_t next_random(struct worker *w)
+{
+    /* xorshift128+: request ids need uniqueness, not secrecy. */
+    uint64_t s1 = w->rng[0];
+    const uint64_t s0 = w->rng[1];
+    w->rng[0] = s0;
+    s1 ^= s1 << 23;
+    w->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return w->rng[1] + s0;
+}
+
+void worker_request_id(struct worker *w, char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = next_random(w), b = next_random(w);
+    unsigned char bytes[16];
+    memcpy(bytes, &a, 8);
+    memcpy(bytes + 8, &b, 8);
+    bytes[6] = (unsigned char)((bytes[6] & 0x0f) | 0x40);
+    bytes[8] = (unsigned char)((bytes[8] & 0x3f) | 0x80);
+    size_t o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+        out[o++] = hex[bytes[i] >> 4];
+        out[o++] = hex[bytes[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+/* ---- thread ---- */
+
+struct worker *worker_new(int id, struct worker_stats *stats)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w) abort();
+    w->id = id;
+    w->stats = stats;
+    w->loop = ev_loop_new(EVFLAG_AUTO);
+    if (!w->loop) abort();
+    ev_async_init(&w->wake, sync_cb);
+    w->wake.data = w;
+    ev_async_start(w->loop, &w->wake);
+    ev_prepare_init(&w->reaper, reaper_cb);
+    w->reaper.data = w;
+    ev_prepare_start(w->loop, &w->reaper);
+    if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
+        w->rng[0] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull + (uint64_t)id;
+        w->rng[1] = 0xbf58476d1ce4e5b9ull;
+    }
+    return w;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    install(w, atomic_load(&worker_current_snapshot));
+    if (atomic_load(&worker_drain_requested)) start_drain(w);
+    if (!w->draining || w->nconns) ev_run(w->loop, 0);
+    /* Drained: give back pools and snapshots. */
+    stop_listeners(w);
+    if (w->cur) wsnap_retire(w->cur);
+    w->cur = NULL;
+    reap(w);
+    free(w->listen_io);
+    w->listen_io = NULL;
+    router_thread_cleanup();
+    chunk_thread_cleanup();
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    return rc ? -rc : 0;
+}
+
+void worker_wake(struct worker *w) { ev_async_send(w->loop, &w->wake); }
+
+void worker_join_free(struct worker *w)
+{
+    pthread_join(w->thread, NULL);
+    ev_loop_destroy(w->loop);
+    free(w);
+}

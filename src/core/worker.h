@@ -1,0 +1,99 @@
+/* worker — one thread, one libev loop, its own listening sockets, upstream
+ * pools and stats. Workers share nothing on the hot path: they read the
+ * current snapshot through an atomic pointer between requests, and the main
+ * thread frees a snapshot once no worker holds it. */
+#ifndef UMBRA_WORKER_H
+#define UMBRA_WORKER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "core/config.h"
+#include "core/stats.h"
+
+/** What the workers run with: an immutable config plus the listening sockets
+ *  opened for it (one per listener per worker, SO_REUSEPORT). */
+struct snapshot {
+    atomic_int refs;       /* the publisher's, plus one per worker wsnap */
+    uint64_t gen;
+    struct config *cfg;    /* owned */
+    int nworkers;
+    int *listen_fds;       /* [listener * nworkers + worker]; owned by server.c's socket table */
+    struct snapshot *next; /* server.c's retired list */
+};
+
+struct pool;
+struct h1s;
+
+/** A worker's use of one snapshot: its pools (one per cluster) and how many
+ *  streams still run on it. Retired when a newer snapshot is installed, freed
+ *  when nothing uses it. */
+struct wsnap {
+    struct snapshot *snap;
+    struct worker *w;
+    struct pool **pools;   /* [cluster index] */
+    struct stats_cluster **cstats; /* [cluster index] */
+    int streams;
+    bool retired;
+    struct wsnap *next;
+};
+
+/** Something to free at a safe point (after the current callbacks). */
+struct deferred {
+    void (*free_fn)(void *obj);
+    void *obj;
+    struct deferred *next;
+};
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct ev_loop *loop;
+    ev_async wake;           /* new snapshot or drain */
+    ev_prepare reaper;       /* frees deferred objects before the loop blocks */
+    struct worker_stats *stats;
+    struct wsnap *cur;
+    struct wsnap *retired;
+    ev_io *listen_io;        /* one per listener of cur */
+    size_t nlisten;
+    struct h1s *conns;       /* all downstream connections (for drain) */
+    unsigned nconns;
+    bool draining;
+    struct deferred *garbage;
+    uint64_t seq;            /* request id counter */
+    uint64_t rng[2];         /* xorshift state */
+};
+
+/** The snapshot workers should run (published by server.c). */
+extern _Atomic(struct snapshot *) worker_current_snapshot;
+/** Set by server.c when draining starts. */
+extern atomic_bool worker_drain_requested;
+/** Set by server.c when the drain timeout passed: close everything. */
+extern atomic_bool worker_force_close;
+/** Process-wide open client connections per listener index (max_connections). */
+extern atomic_uint worker_listener_conns[];
+
+/** Creates worker `id`'s loop and state (main thread). */
+struct worker *worker_new(int id, struct worker_stats *stats);
+/** Starts its thread. Returns 0 or -errno. */
+int worker_start(struct worker *w);
+/** Wakes it to look at the snapshot and drain flag (any thread). */
+void worker_wake(struct worker *w);
+/** Joins and frees it (main thread, after it stopped). */
+void worker_join_free(struct worker *w);
+
+/** Defers free_fn(obj) until the current loop iteration's callbacks end. */
+void worker_defer_free(struct worker *w, void (*free_fn)(void *), void *obj);
+/** A stream starts or ends on ws (retired wsnaps are freed at zero). */
+void wsnap_stream_begin(struct wsnap *ws);
+void wsnap_stream_end(struct wsnap *ws);
+/** Called by the pool when a retired pool closed its last connection. */
+void wsnap_maybe_free(struct wsnap *ws);
+/** Fills out with a new request id (UUID v4 text, 36 chars + NUL). */
+void worker_request_id(struct worker *w, char out[37]);
+/** A downstream connection closed (h1s calls this). */
+void worker_conn_closed(struct worker *w);
+
+#endif

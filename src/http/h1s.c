@@ -1,0 +1,726 @@
+/* h1s — downstream HTTP/1.1 connections: strict request parsing, body
+ * framing toward the forwarder, response framing toward the client, and the
+ * client-side timeouts. One request is in flight per connection; pipelined
+ * requests wait in the input buffer, so responses leave in order. */
+#include "http/h1s.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/net.h"
+#include "core/stats.h"
+#include "core/worker.h"
+#include "upstream/forward.h"
+
+#define MAX_TARGET_BYTES 8192
+#define CLOSE_LINGER_S 5.0
+#define IOV_MAX_BATCH 64
+
+enum h1s_state {
+    H1S_HEAD,    /* reading a request head; the absolute header deadline is armed */
+    H1S_IDLE,    /* keep-alive: no byte of the next request yet; idle timer armed */
+    H1S_BODY,    /* the request body is being read and forwarded */
+    H1S_WAIT,    /* the request was read whole; its response is awaited or written */
+    H1S_CLOSING, /* flushing the last bytes, then close (bounded by a linger timer) */
+    H1S_CLOSED,  /* closed; freed at the next safe point */
+};
+
+enum h1s_req_body { RQ_NONE, RQ_LENGTH, RQ_CHUNKED };
+enum h1s_resp_framing { RS_NONE, RS_LENGTH, RS_CHUNKED, RS_CLOSE };
+
+struct h1s {
+    struct worker *w;
+    int fd;
+    ev_io io;
+    ev_timer timer;
+    size_t listener;
+    struct cfg_limits limits;
+    char client_ip[48];
+    enum h1s_state state;
+
+    struct ibuf in;
+    struct h1_parser parser;
+    struct bufq out;
+    struct stream *st;
+
+    enum h1s_req_body rq_kind;
+    uint64_t rq_remaining, rq_bytes;
+    struct h1_chunked rq_chunked;
+    bool rq_done, rq_paused;
+
+    enum h1s_resp_framing rs_kind;
+    bool resp_started, keep_alive, client_10, draining;
+    int status;
+    unsigned requests;
+    ev_tstamp req_start;
+
+    struct h1s *prev, *next;
+};
+
+static struct log_ratelimit rl_reject;
+
+static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void h1s_flush(struct h1s *c);
+static void h1s_read(struct h1s *c);
+static void process_input(struct h1s *c);
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+struct h1s *h1s_next(struct h1s *c) { return c->next; }
+
+size_t h1s_out_bytes(const struct h1s *c) { return c->out.bytes; }
+
+static void h1s_free(void *obj)
+{
+    struct h1s *c = obj;
+    ibuf_free(&c->in);
+    bufq_clear(&c->out);
+    free(c);
+}
+
+static void detach_stream(struct h1s *c)
+{
+    if (!c->st) return;
+    stream_abort(c->st);
+    worker_defer_free(c->w, stream_free, c->st);
+    c->st = NULL;
+}
+
+static void h1s_close(struct h1s *c)
+{
+    if (c->state == H1S_CLOSED) return;
+    struct worker *w = c->w;
+    detach_stream(c);
+    ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->timer);
+    close(c->fd);
+    c->state = H1S_CLOSED;
+    if (c->prev) c->prev->next = c->next;
+    else w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    atomic_fetch_sub(&worker_listener_conns[c->listener], 1);
+    STAT_DEC(w->stats->downstream_cx_active);
+    worker_defer_free(w, h1s_free, c);
+    worker_conn_closed(w);
+}
+
+static void set_timer(struct h1s *c, double seconds)
+{
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (seconds <= 0) return;
+    ev_timer_set(&c->timer, seconds, 0.0);
+    ev_timer_start(c->w->loop, &c->timer);
+}
+
+static void watch(struct h1s *c, bool read, bool write)
+{
+    int ev = (read ? EV_READ : 0) | (write ? EV_WRITE : 0);
+    if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE)) == ev) return;
+    ev_io_stop(c->w->loop, &c->io);
+    if (!ev) return;
+    ev_io_set(&c->io, c->fd, ev);
+    ev_io_start(c->w->loop, &c->io);
+}
+
+static bool wants_read(const struct h1s *c)
+{
+    switch (c->state) {
+    case H1S_HEAD:
+    case H1S_IDLE: return true;
+    case H1S_BODY: return !c->rq_paused;
+    default: return false;
+    }
+}
+
+static void update_watch(struct h1s *c)
+{
+    if (c->state == H1S_CLOSED) return;
+    watch(c, wants_read(c), c->out.bytes > 0);
+}
+
+static void enter_closing(struct h1s *c)
+{
+    c->state = H1S_CLOSING;
+    detach_stream(c);
+    set_timer(c, CLOSE_LINGER_S);
+    if (c->out.bytes == 0) {
+        h1s_close(c);
+        return;
+    }
+    update_watch(c);
+}
+
+static void record_response(struct h1s *c, int status)
+{
+    struct worker_stats *ws = c->w->stats;
+    if (status >= 100 && status < 600) STAT_INC(ws->downstream_responses[status]);
+    stats_hist_observe(&ws->downstream_duration,
+                       (uint64_t)((ev_now(c->w->loop) - c->req_start) * 1e6));
+}
+
+/* An answer of umbra's own (errors, 404). `close` ends the connection after. */
+static void send_local(struct h1s *c, int status, bool close_after)
+{
+    char body[64];
+    int blen = snprintf(body, sizeof body, "%d %s\n", status, reason_phrase(status));
+    bufq_printf(&c->out,
+                "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s",
+                status, reason_phrase(status), blen, close_after ? "Connection: close\r\n" : "",
+                body);
+    c->resp_started = true;
+    record_response(c, status);
+}
+
+/* A request rejected on its head: nothing reached any upstream. */
+static void reject(struct h1s *c, int status, const char *why)
+{
+    STAT_INC(c->w->stats->downstream_rejected);
+    log_ratelimited(&rl_reject, LOG_WARN, "http", "client %s: %d: %s", c->client_ip, status, why);
+    send_local(c, status, true);
+    enter_closing(c);
+}
+
+/* ---- request head to model ---- */
+
+static bool is_hop_by_hop(struct h1_str name)
+{
+    static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                        "transfer-encoding", "upgrade", "host", "content-length",
+                                        "expect", "http2-settings", "x-forwarded-proto"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (h1_name_is(name, names[i])) return true;
+    return false;
+}
+
+static bool named_by_connection(const struct h1_request *r, struct h1_str name)
+{
+    char lname[64];
+    if (name.len >= sizeof lname) return false;
+    for (size_t k = 0; k < name.len; k++)
+        lname[k] = (char)((name.p[k] >= 'A' && name.p[k] <= 'Z') ? name.p[k] + 32 : name.p[k]);
+    lname[name.len] = '\0';
+    for (int i = h1_find_header(r->headers, r->nheaders, "connection", 0); i >= 0;
+         i = h1_find_header(r->headers, r->nheaders, "connection", (size_t)i + 1))
+        if (h1_value_has_token(r->headers[i].value, lname)) return true;
+    return false;
+}
+
+/* Splits the request-target into authority and origin-form path. Returns 0
+ * or the status to reject with. */
+static int split_target(const struct h1_request *r, struct http_request *m)
+{
+    struct h1_str t = r->target;
+    if (r->host_index >= 0) m->authority = r->headers[r->host_index].value;
+    if (t.len && t.p[0] == '/') {
+        m->path = t;
+        return 0;
+    }
+    if (t.len == 1 && t.p[0] == '*') {
+        if (!(r->method.len == 7 && memcmp(r->method.p, "OPTIONS", 7) == 0)) return 400;
+        m->path = t;
+        return 0;
+    }
+    /* absolute-form: the authority in the target wins over Host (RFC 9112 §3.2.2) */
+    size_t skip = 0;
+    if (t.len > 7 && strncasecmp(t.p, "http://", 7) == 0) skip = 7;
+    else if (t.len > 8 && strncasecmp(t.p, "https://", 8) == 0) skip = 8;
+    else return 400;
+    const char *a = t.p + skip, *end = t.p + t.len;
+    const char *slash = memchr(a, '/', (size_t)(end - a));
+    const char *q = memchr(a, '?', (size_t)(end - a));
+    const char *aend = slash ? slash : (q ? q : end);
+    if (q && q < aend) aend = q;
+    if (aend == a || memchr(a, '@', (size_t)(aend - a))) return 400;
+    m->authority = (struct h1_str){a, (size_t)(aend - a)};
+    if (aend == end || *aend == '?') {
+        /* "http://h" or "http://h?q": path "/" (and the query, if any, is lost
+         * only if we cannot keep it contiguous: reject that rare form). */
+        if (aend != end) return 400;
+        static const char slash_str[] = "/";
+        m->path = (struct h1_str){slash_str, 1};
+    } else {
+        m->path = (struct h1_str){aend, (size_t)(end - aend)};
+    }
+    return 0;
+}
+
+static int build_request(struct h1s *c, struct stream *s, const struct h1_request *r)
+{
+    struct http_request *m = &s->req;
+    m->method = r->method;
+    m->version_minor = r->version_minor;
+    int rc = split_target(r, m);
+    if (rc) return rc;
+    if (m->authority.len == 0) {
+        static const char none[] = "localhost";
+        m->authority = (struct h1_str){none, sizeof none - 1};
+    }
+    bool has_conn = h1_find_header(r->headers, r->nheaders, "connection", 0) >= 0;
+    size_t n = 0, nxff = 0, xff_total = 0;
+    int first_xff = -1;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const struct h1_header *f = &r->headers[i];
+        if (is_hop_by_hop(f->name)) continue;
+        if (has_conn && named_by_connection(r, f->name)) continue;
+        if (h1_name_is(f->name, "x-forwarded-for")) {
+            if (first_xff < 0) first_xff = (int)i;
+            nxff++;
+            xff_total += f->value.len + 2;
+            continue;
+        }
+        if (h1_name_is(f->name, "x-request-id") && f->value.len) {
+            if (!m->request_id.len) m->request_id = f->value;
+            continue;
+        }
+        s->fields[n++] = *f;
+    }
+    m->fields = s->fields;
+    m->nfields = n;
+    if (nxff == 1) {
+        m->forwarded_for = r->headers[first_xff].value;
+    } else if (nxff > 1) {
+        s->xff_joined = malloc(xff_total + 1);
+        if (!s->xff_joined) abort();
+        size_t len = 0;
+        for (size_t i = (size_t)first_xff; i < r->nheaders; i++)
+            if (h1_name_is(r->headers[i].name, "x-forwarded-for")) {
+                if (len) { memcpy(s->xff_joined + len, ", ", 2); len += 2; }
+                memcpy(s->xff_joined + len, r->headers[i].value.p, r->headers[i].value.len);
+                len += r->headers[i].value.len;
+            }
+        m->forwarded_for = (struct h1_str){s->xff_joined, len};
+    }
+    if (!m->request_id.len) {
+        worker_request_id(c->w, s->request_id);
+        m->request_id = (struct h1_str){s->request_id, 36};
+    }
+    m->has_body = r->body != H1_BODY_NONE;
+    m->length_known = r->body == H1_BODY_LENGTH;
+    m->content_length = r->content_length;
+    memcpy(m->client_ip, c->client_ip, sizeof m->client_ip);
+    return 0;
+}
+
+/* ---- request flow ---- */
+
+static void start_request(struct h1s *c, const struct h1_request *r)
+{
+    struct worker *w = c->w;
+    c->requests++;
+    c->req_start = ev_now(w->loop);
+    c->resp_started = false;
+    c->status = 0;
+    STAT_INC(w->stats->downstream_requests);
+    c->client_10 = r->version_minor == 0;
+    c->keep_alive = r->keep_alive && !c->draining && !w->draining &&
+                    (c->limits.max_requests_per_connection == 0 ||
+                     c->requests < c->limits.max_requests_per_connection);
+    c->rq_kind = r->body == H1_BODY_LENGTH ? RQ_LENGTH : r->body == H1_BODY_CHUNKED ? RQ_CHUNKED : RQ_NONE;
+    c->rq_remaining = r->content_length;
+    c->rq_bytes = 0;
+    c->rq_paused = false;
+    c->rq_done = c->rq_kind == RQ_NONE || (c->rq_kind == RQ_LENGTH && r->content_length == 0);
+    if (c->rq_kind == RQ_CHUNKED) h1_chunked_init(&c->rq_chunked);
+
+    if (c->limits.max_body_bytes && r->body == H1_BODY_LENGTH &&
+        r->content_length > c->limits.max_body_bytes) {
+        reject(c, 413, "body larger than max_body_bytes");
+        return;
+    }
+    if (r->method.len == 7 && memcmp(r->method.p, "CONNECT", 7) == 0) {
+        reject(c, 501, "CONNECT is not supported");
+        return;
+    }
+    struct stream *s = stream_new(w, c);
+    c->st = s;
+    int rc = build_request(c, s, r);
+    if (rc) {
+        reject(c, rc, "malformed request-target");
+        return;
+    }
+    s->head_chunk = chunk_ref(c->in.c);
+    c->in.rpos += r->head_len;
+    if (r->expect_continue && !c->rq_done && !c->client_10)
+        bufq_push_copy(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    c->state = c->rq_done ? H1S_WAIT : H1S_BODY;
+    rc = fwd_start(s);
+    if (c->state == H1S_CLOSED) return;
+    if (rc == 0 && c->st != s) return; /* it already failed and was answered */
+    if (rc) {
+        /* Answered locally; a body we did not read makes the connection unusable. */
+        detach_stream(c);
+        if (!c->rq_done) {
+            send_local(c, rc, true);
+            enter_closing(c);
+            return;
+        }
+        send_local(c, rc, !c->keep_alive);
+        c->rs_kind = RS_LENGTH;
+        c->state = c->keep_alive ? H1S_IDLE : H1S_CLOSING;
+        if (c->state == H1S_CLOSING) {
+            enter_closing(c);
+            return;
+        }
+        set_timer(c, (double)c->limits.idle_timeout_ms / 1000.0);
+        return;
+    }
+    if (c->rq_done) {
+        ev_timer_stop(w->loop, &c->timer);
+    } else {
+        set_timer(c, (double)c->limits.body_timeout_ms / 1000.0);
+    }
+}
+
+/* Aborts a request whose body framing broke or grew too large. */
+static void body_error(struct h1s *c, int status, const char *why)
+{
+    STAT_INC(c->w->stats->downstream_rejected);
+    log_ratelimited(&rl_reject, LOG_WARN, "http", "client %s: request body: %s", c->client_ip, why);
+    detach_stream(c); /* the upstream connection closes: no upstream sees it complete */
+    if (!c->resp_started) send_local(c, status, true);
+    enter_closing(c);
+}
+
+static void body_ended(struct h1s *c, const http_field *trailers, size_t n)
+{
+    c->rq_done = true;
+    if (c->state == H1S_BODY) {
+        c->state = H1S_WAIT;
+        ev_timer_stop(c->w->loop, &c->timer);
+    }
+    if (c->st) fwd_body_end(c->st, trailers, n);
+}
+
+static bool body_over_limit(struct h1s *c, size_t n)
+{
+    c->rq_bytes += n;
+    return c->limits.max_body_bytes && c->rq_bytes > c->limits.max_body_bytes;
+}
+
+static void process_body(struct h1s *c)
+{
+    while (c->state == H1S_BODY && !c->rq_done && ibuf_len(&c->in)) {
+        const char *p = ibuf_data(&c->in);
+        size_t len = ibuf_len(&c->in);
+        if (c->rq_kind == RQ_LENGTH) {
+            size_t n = len < c->rq_remaining ? len : (size_t)c->rq_remaining;
+            if (c->st) fwd_body(c->st, c->in.c, p, n);
+            c->in.rpos += n;
+            c->rq_remaining -= n;
+            if (c->rq_remaining == 0) body_ended(c, NULL, 0);
+        } else {
+            size_t consumed = 0, dlen = 0;
+            const char *data = NULL;
+            int rc = h1_chunked_decode(&c->rq_chunked, p, len, &consumed, &data, &dlen);
+            if (rc < 0) {
+                body_error(c, h1_error_status(rc), h1_error_str(rc));
+                return;
+            }
+            if (rc == H1_CHUNK_DATA) {
+                if (body_over_limit(c, dlen)) {
+                    body_error(c, 413, "body larger than max_body_bytes");
+                    return;
+                }
+                if (c->st) fwd_body(c->st, c->in.c, data, dlen);
+            }
+            c->in.rpos += consumed;
+            if (rc == H1_CHUNK_DONE) body_ended(c, c->rq_chunked.trailers, c->rq_chunked.ntrailers);
+            else if (rc == H1_CHUNK_NEED_MORE) break;
+        }
+        if (c->st && fwd_body_blocked(c->st)) {
+            c->rq_paused = true;
+            ev_timer_stop(c->w->loop, &c->timer);
+            break;
+        }
+    }
+}
+
+static void parse_head(struct h1s *c)
+{
+    struct h1_limits lim = {
+        .max_head_bytes = c->limits.max_header_bytes,
+        .max_target_bytes = c->limits.max_header_bytes < MAX_TARGET_BYTES ? c->limits.max_header_bytes
+                                                                          : MAX_TARGET_BYTES,
+    };
+    struct h1_request *r = malloc(sizeof *r);
+    if (!r) abort();
+    int rc = h1_parse_request(&c->parser, ibuf_data(&c->in), ibuf_len(&c->in), &lim, r);
+    if (rc == H1_OK) {
+        h1_parser_reset(&c->parser);
+        start_request(c, r);
+    } else if (rc < 0) {
+        reject(c, h1_error_status(rc), h1_error_str(rc));
+    }
+    free(r);
+}
+
+static void process_input(struct h1s *c)
+{
+    for (;;) {
+        if (c->state == H1S_IDLE && ibuf_len(&c->in)) {
+            c->state = H1S_HEAD;
+            set_timer(c, (double)c->limits.header_timeout_ms / 1000.0);
+        }
+        if (c->state == H1S_HEAD && ibuf_len(&c->in)) {
+            enum h1s_state before = c->state;
+            parse_head(c);
+            if (c->state == before) break; /* need more bytes */
+            continue;
+        }
+        if (c->state == H1S_BODY) process_body(c);
+        break;
+    }
+    update_watch(c);
+}
+
+/* ---- response toward the client ---- */
+
+void h1s_response_head(struct h1s *c, const struct http_response *resp)
+{
+    if (!resp->has_body) c->rs_kind = RS_NONE;
+    else if (resp->length_known) c->rs_kind = RS_LENGTH;
+    else if (!c->client_10) c->rs_kind = RS_CHUNKED;
+    else c->rs_kind = RS_CLOSE;
+    if (c->rs_kind == RS_CLOSE || c->draining || c->w->draining) c->keep_alive = false;
+    c->status = resp->status;
+    c->resp_started = true;
+    struct bufq *q = &c->out;
+    bufq_printf(q, "HTTP/1.1 %d %.*s\r\n", resp->status, (int)resp->reason.len, resp->reason.p);
+    for (size_t i = 0; i < resp->nfields; i++) {
+        const http_field *f = &resp->fields[i];
+        bufq_push_copy(q, f->name.p, f->name.len);
+        bufq_push_copy(q, ": ", 2);
+        bufq_push_copy(q, f->value.p, f->value.len);
+        bufq_push_copy(q, "\r\n", 2);
+    }
+    if (c->rs_kind == RS_LENGTH)
+        bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)resp->content_length);
+    else if (c->rs_kind == RS_CHUNKED)
+        bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    if (!c->keep_alive || !c->rq_done) {
+        c->keep_alive = false; /* said close: must close, even if the body ends later */
+        bufq_push_copy(q, "Connection: close\r\n", 19);
+    }
+    else if (c->client_10)
+        bufq_push_copy(q, "Connection: keep-alive\r\n", 24);
+    bufq_push_copy(q, "\r\n", 2);
+    h1s_flush(c);
+}
+
+void h1s_response_data(struct h1s *c, struct chunk *ch, const char *p, size_t n)
+{
+    if (n == 0 || c->state == H1S_CLOSED) return;
+    if (c->rs_kind == RS_CHUNKED) bufq_printf(&c->out, "%zx\r\n", n);
+    bufq_push(&c->out, ch, p, n);
+    if (c->rs_kind == RS_CHUNKED) bufq_push_copy(&c->out, "\r\n", 2);
+    h1s_flush(c);
+}
+
+static void finish_exchange(struct h1s *c)
+{
+    record_response(c, c->status);
+    if (c->st) {
+        worker_defer_free(c->w, stream_free, c->st);
+        c->st->ds = NULL;
+        c->st = NULL;
+    }
+    if (!c->keep_alive || !c->rq_done || c->draining || c->w->draining) {
+        enter_closing(c);
+        return;
+    }
+    c->state = H1S_IDLE;
+    c->rq_paused = false;
+    set_timer(c, (double)c->limits.idle_timeout_ms / 1000.0);
+    process_input(c); /* a pipelined request may be waiting */
+}
+
+void h1s_response_end(struct h1s *c, const http_field *trailers, size_t n)
+{
+    if (c->state == H1S_CLOSED) return;
+    if (c->rs_kind == RS_CHUNKED) {
+        bufq_push_copy(&c->out, "0\r\n", 3);
+        for (size_t i = 0; i < n; i++) {
+            bufq_push_copy(&c->out, trailers[i].name.p, trailers[i].name.len);
+            bufq_push_copy(&c->out, ": ", 2);
+            bufq_push_copy(&c->out, trailers[i].value.p, trailers[i].value.len);
+            bufq_push_copy(&c->out, "\r\n", 2);
+        }
+        bufq_push_copy(&c->out, "\r\n", 2);
+    }
+    h1s_flush(c);
+    if (c->state == H1S_CLOSED) return;
+    finish_exchange(c);
+}
+
+void h1s_response_error(struct h1s *c, int status)
+{
+    if (c->state == H1S_CLOSED) return;
+    if (c->resp_started) { /* mid-response: the only honest signal is a close */
+        record_response(c, c->status);
+        h1s_close(c);
+        return;
+    }
+    bool close_after = !c->rq_done || !c->keep_alive;
+    c->keep_alive = !close_after;
+    send_local(c, status, close_after);
+    c->status = status;
+    if (c->st) {
+        worker_defer_free(c->w, stream_free, c->st);
+        c->st->ds = NULL;
+        c->st = NULL;
+    }
+    h1s_flush(c);
+    if (c->state == H1S_CLOSED) return;
+    if (close_after) {
+        enter_closing(c);
+        return;
+    }
+    c->state = H1S_IDLE;
+    set_timer(c, (double)c->limits.idle_timeout_ms / 1000.0);
+    process_input(c);
+}
+
+void h1s_resume_body(struct h1s *c)
+{
+    if (c->state != H1S_BODY || !c->rq_paused) return;
+    c->rq_paused = false;
+    set_timer(c, (double)c->limits.body_timeout_ms / 1000.0);
+    process_body(c);
+    update_watch(c);
+}
+
+/* ---- socket I/O ---- */
+
+static void h1s_flush(struct h1s *c)
+{
+    while (c->out.bytes) {
+        struct iovec iov[IOV_MAX_BATCH];
+        int n = bufq_iov(&c->out, iov, IOV_MAX_BATCH);
+        ssize_t w = writev(c->fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN) break;
+            if (errno == EINTR) continue;
+            h1s_close(c);
+            return;
+        }
+        STAT_ADD(c->w->stats->downstream_bytes_out, (uint64_t)w);
+        bufq_consume(&c->out, (size_t)w, NULL);
+    }
+    if (c->state == H1S_CLOSING && c->out.bytes == 0) {
+        h1s_close(c);
+        return;
+    }
+    if (c->st && c->st->resp_paused && c->out.bytes <= FWD_LOW_WATER) fwd_resume_response(c->st);
+    if (c->state != H1S_CLOSED) update_watch(c);
+}
+
+static void h1s_read(struct h1s *c)
+{
+    for (int rounds = 0; rounds < 4 && wants_read(c); rounds++) {
+        size_t cap = c->limits.max_header_bytes + BUF_CHUNK_SIZE;
+        size_t space = ibuf_prepare(&c->in, 4096, cap);
+        if (space == 0) { /* a head that fills the buffer: the parser says 431 */
+            process_input(c);
+            return;
+        }
+        ssize_t r = read(c->fd, c->in.c->data + c->in.wpos, space);
+        if (r < 0) {
+            if (errno == EAGAIN) break;
+            if (errno == EINTR) continue;
+            h1s_close(c);
+            return;
+        }
+        if (r == 0) {
+            /* The client is gone: mid-body that aborts the request upstream. */
+            h1s_close(c);
+            return;
+        }
+        c->in.wpos += (size_t)r;
+        STAT_ADD(c->w->stats->downstream_bytes_in, (uint64_t)r);
+        if (c->state == H1S_BODY && !c->rq_paused)
+            set_timer(c, (double)c->limits.body_timeout_ms / 1000.0);
+        process_input(c);
+        if (c->state == H1S_CLOSED || (size_t)r < space) break;
+    }
+    update_watch(c);
+}
+
+static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct h1s *c = io->data;
+    if (revents & EV_WRITE) h1s_flush(c);
+    if (c->state != H1S_CLOSED && (revents & EV_READ)) h1s_read(c);
+}
+
+static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h1s *c = t->data;
+    switch (c->state) {
+    case H1S_HEAD:
+        reject(c, 408, "header timeout");
+        break;
+    case H1S_BODY:
+        body_error(c, 408, "body timeout");
+        break;
+    default:
+        h1s_close(c);
+        break;
+    }
+}
+
+void h1s_abort(struct h1s *c) { h1s_close(c); }
+
+void h1s_drain(struct h1s *c)
+{
+    c->draining = true;
+    if (c->state == H1S_IDLE || (c->state == H1S_HEAD && ibuf_len(&c->in) == 0)) h1s_close(c);
+}
+
+void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t listener)
+{
+    struct h1s *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->w = w;
+    c->fd = fd;
+    c->listener = listener;
+    c->limits = w->cur->snap->cfg->listeners[listener].limits;
+    net_format_ip(peer, c->client_ip, sizeof c->client_ip);
+    bufq_init(&c->out);
+    c->state = H1S_HEAD;
+    ev_io_init(&c->io, h1s_io_cb, fd, EV_READ);
+    c->io.data = c;
+    ev_timer_init(&c->timer, h1s_timer_cb, 0.0, 0.0);
+    c->timer.data = c;
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    STAT_INC(w->stats->downstream_cx_total);
+    STAT_INC(w->stats->downstream_cx_active);
+    ev_io_start(w->loop, &c->io);
+    set_timer(c, (double)c->limits.header_timeout_ms / 1000.0);
+}

@@ -1,0 +1,497 @@
+/* forward — the primary forwarder: HTTP/1.1 to the upstream, response relay,
+ * deadlines, the stale-connection replay, and error mapping (502/503/504). */
+#include "upstream/forward.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/stats.h"
+#include "core/worker.h"
+#include "http/h1s.h"
+#include "http/router.h"
+#include "upstream/pool.h"
+
+/* A replay keeps at most this much of a request that went out on a reused
+ * connection; past it the request is not retried. */
+#define REPLAY_MAX (64 * 1024)
+#define MAX_INTERIM 16
+#define IOV_MAX_BATCH 64
+
+static struct log_ratelimit rl_upstream;
+
+static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_target_bytes = 0};
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void up_flush(struct stream *s);
+static void up_read(struct stream *s);
+
+struct stream *stream_new(struct worker *w, struct h1s *ds)
+{
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->w = w;
+    s->ds = ds;
+    s->ws = w->cur;
+    wsnap_stream_begin(s->ws);
+    bufq_init(&s->replay);
+    ev_timer_init(&s->deadline, deadline_cb, 0.0, 0.0);
+    s->deadline.data = s;
+    s->t_start = ev_now(w->loop);
+    return s;
+}
+
+void stream_abort(struct stream *s)
+{
+    ev_timer_stop(s->w->loop, &s->deadline);
+    if (s->up) {
+        pool_release(s->up, false);
+        s->up = NULL;
+    }
+    s->ds = NULL;
+}
+
+void stream_free(void *obj)
+{
+    struct stream *s = obj;
+    stream_abort(s);
+    bufq_clear(&s->replay);
+    if (s->head_chunk) chunk_unref(s->head_chunk);
+    free(s->xff_joined);
+    wsnap_stream_end(s->ws);
+    free(s);
+}
+
+/* ---- request serialization ---- */
+
+static void push_field(struct bufq *q, const char *name, size_t nlen, const char *val, size_t vlen)
+{
+    char stackbuf[1024];
+    size_t n = nlen + vlen + 4;
+    if (n <= sizeof stackbuf) { /* one copy instead of four small ones */
+        memcpy(stackbuf, name, nlen);
+        memcpy(stackbuf + nlen, ": ", 2);
+        memcpy(stackbuf + nlen + 2, val, vlen);
+        memcpy(stackbuf + nlen + 2 + vlen, "\r\n", 2);
+        bufq_push_copy(q, stackbuf, n);
+        return;
+    }
+    bufq_push_copy(q, name, nlen);
+    bufq_push_copy(q, ": ", 2);
+    bufq_push_copy(q, val, vlen);
+    bufq_push_copy(q, "\r\n", 2);
+}
+
+static void serialize_request(struct stream *s, struct bufq *q)
+{
+    const struct http_request *r = &s->req;
+    bufq_push_copy(q, r->method.p, r->method.len);
+    bufq_push_copy(q, " ", 1);
+    bufq_push_copy(q, r->path.p, r->path.len);
+    bufq_push_copy(q, " HTTP/1.1\r\n", 11);
+    push_field(q, "Host", 4, r->authority.p, r->authority.len);
+    for (size_t i = 0; i < r->nfields; i++)
+        push_field(q, r->fields[i].name.p, r->fields[i].name.len, r->fields[i].value.p,
+                   r->fields[i].value.len);
+    if (r->forwarded_for.len)
+        bufq_printf(q, "X-Forwarded-For: %.*s, %s\r\n", (int)r->forwarded_for.len,
+                    r->forwarded_for.p, r->client_ip);
+    else
+        bufq_printf(q, "X-Forwarded-For: %s\r\n", r->client_ip);
+    bufq_printf(q, "X-Forwarded-Proto: %s\r\nX-Request-Id: %.*s\r\n", r->tls ? "https" : "http",
+                (int)r->request_id.len, r->request_id.p);
+    if (r->has_body && r->length_known)
+        bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)r->content_length);
+    else if (r->has_body)
+        bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    bufq_push_copy(q, "\r\n", 2);
+}
+
+/* ---- lifecycle ---- */
+
+static int status_for(enum upstream_error e)
+{
+    switch (e) {
+    case UPERR_TIMEOUT: return 504;
+    case UPERR_OVERFLOW:
+    case UPERR_NO_ENDPOINT: return 503;
+    default: return 502;
+    }
+}
+
+static bool try_replay(struct stream *s)
+{
+    if (!s->up || !s->up->reused || s->resp_seen ||
+        !s->replayable || s->retried)
+        return false;
+    enum upstream_error err;
+    struct upconn *fresh = pool_acquire(s->pool, s, true, &err);
+    if (!fresh) return false;
+    struct upconn *old = s->up;
+    bufq_move(&fresh->out, &s->replay);
+    bufq_move(&fresh->out, &old->out);
+    pool_release(old, false);
+    s->up = fresh;
+    s->retried = true;
+    h1_parser_reset(&s->rparser);
+    STAT_INC(s->cst->errors[UPERR_RETRY]);
+    log_debug("upstream", "cluster %s: stale keep-alive connection, request replayed",
+              s->cluster->name);
+    return true;
+}
+
+/* The one failure exit: count, maybe replay, else answer or abort downstream. */
+static void stream_fail(struct stream *s, enum upstream_error err)
+{
+    if ((err == UPERR_RESET) && try_replay(s)) {
+        if (s->up->state == UP_ACTIVE) up_flush(s);
+        return;
+    }
+    STAT_INC(s->cst->errors[err]);
+    log_ratelimited(&rl_upstream, LOG_WARN, "upstream", "cluster %s: %s %.*s failed: %s",
+                    s->cluster->name, s->up ? "request" : "connect", (int)s->req.path.len,
+                    s->req.path.p, upstream_error_name(err));
+    ev_timer_stop(s->w->loop, &s->deadline);
+    if (s->up) {
+        pool_release(s->up, false);
+        s->up = NULL;
+    }
+    struct h1s *ds = s->ds;
+    s->ds = NULL;
+    if (ds) h1s_response_error(ds, status_for(err));
+}
+
+int fwd_start(struct stream *s)
+{
+    const struct config *cfg = s->ws->snap->cfg;
+    s->route = router_match(cfg, &s->req);
+    if (!s->route) return 404;
+    s->cluster = &cfg->clusters[s->route->cluster];
+    s->pool = s->ws->pools[s->route->cluster];
+    s->cst = s->ws->cstats[s->route->cluster];
+    s->is_head = s->req.method.len == 4 && memcmp(s->req.method.p, "HEAD", 4) == 0;
+    s->up_chunked = s->req.has_body && !s->req.length_known;
+    s->req_ended = !s->req.has_body;
+    enum upstream_error err;
+    s->up = pool_acquire(s->pool, s, false, &err);
+    if (!s->up) {
+        STAT_INC(s->cst->errors[err]);
+        log_ratelimited(&rl_upstream, LOG_WARN, "upstream", "cluster %s: no connection: %s",
+                        s->cluster->name, upstream_error_name(err));
+        return status_for(err);
+    }
+    STAT_INC(s->cst->requests);
+    s->replayable = s->up->reused;
+    serialize_request(s, &s->up->out);
+    if (s->cluster->timeout_ms) {
+        ev_timer_set(&s->deadline, (double)s->cluster->timeout_ms / 1000.0, 0.0);
+        ev_timer_start(s->w->loop, &s->deadline);
+    }
+    if (s->up->state == UP_ACTIVE) up_flush(s);
+    return 0;
+}
+
+void fwd_body(struct stream *s, struct chunk *c, const char *p, size_t n)
+{
+    if (!s->up || n == 0) return;
+    if (s->up_chunked) bufq_printf(&s->up->out, "%zx\r\n", n);
+    bufq_push(&s->up->out, c, p, n);
+    if (s->up_chunked) bufq_push_copy(&s->up->out, "\r\n", 2);
+    if (s->up->state == UP_ACTIVE) up_flush(s);
+}
+
+void fwd_body_end(struct stream *s, const http_field *trailers, size_t ntrailers)
+{
+    s->req_ended = true;
+    if (!s->up) return;
+    if (s->up_chunked) {
+        bufq_push_copy(&s->up->out, "0\r\n", 3);
+        for (size_t i = 0; i < ntrailers; i++)
+            push_field(&s->up->out, trailers[i].name.p, trailers[i].name.len, trailers[i].value.p,
+                       trailers[i].value.len);
+        bufq_push_copy(&s->up->out, "\r\n", 2);
+    }
+    if (s->up->state == UP_ACTIVE) up_flush(s);
+}
+
+bool fwd_body_blocked(const struct stream *s)
+{
+    return s->up && s->up->out.bytes > FWD_HIGH_WATER;
+}
+
+void stream_up_connected(struct stream *s)
+{
+    up_flush(s);
+}
+
+void stream_up_failed(struct stream *s, enum upstream_error err)
+{
+    s->up = NULL; /* the pool closed it */
+    stream_fail(s, err);
+}
+
+/* ---- upstream I/O ---- */
+
+static void up_flush(struct stream *s)
+{
+    struct upconn *u = s->up;
+    while (u->out.bytes) {
+        struct iovec iov[IOV_MAX_BATCH];
+        int n = bufq_iov(&u->out, iov, IOV_MAX_BATCH);
+        ssize_t w = writev(u->fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN) break;
+            if (errno == EINTR) continue;
+            stream_fail(s, UPERR_RESET);
+            return;
+        }
+        bufq_consume(&u->out, (size_t)w, s->replayable ? &s->replay : NULL);
+        if (s->replayable && s->replay.bytes > REPLAY_MAX) {
+            s->replayable = false;
+            bufq_clear(&s->replay);
+        }
+    }
+    upconn_watch(u, !s->resp_paused, u->out.bytes > 0);
+    if (s->ds && u->out.bytes <= FWD_LOW_WATER) h1s_resume_body(s->ds);
+}
+
+static void fwd_response_done(struct stream *s)
+{
+    s->rstate = FWD_RESP_DONE;
+    ev_timer_stop(s->w->loop, &s->deadline);
+    stats_hist_observe(&s->cst->latency, (uint64_t)((ev_now(s->w->loop) - s->t_start) * 1e6));
+    struct upconn *u = s->up;
+    s->up = NULL;
+    pool_release(u, s->req_ended && u->out.bytes == 0 && !s->up_close);
+}
+
+/* Builds the protocol-neutral response head, dropping hop-by-hop fields. */
+static void to_http_response(struct stream *s, struct h1_response *hr, struct http_response *out)
+{
+    size_t n = 0;
+    int conn = -1;
+    for (size_t i = 0; i < hr->nheaders; i++) {
+        struct h1_header *f = &hr->headers[i];
+        if (h1_name_is(f->name, "connection")) conn = (int)i;
+    }
+    for (size_t i = 0; i < hr->nheaders; i++) {
+        struct h1_header *f = &hr->headers[i];
+        if (h1_name_is(f->name, "connection") || h1_name_is(f->name, "keep-alive") ||
+            h1_name_is(f->name, "proxy-connection") || h1_name_is(f->name, "transfer-encoding") ||
+            h1_name_is(f->name, "te") || h1_name_is(f->name, "upgrade"))
+            continue;
+        if (hr->body != H1_BODY_NONE && h1_name_is(f->name, "content-length")) continue;
+        if (conn >= 0) { /* fields the upstream named in Connection are hop-by-hop too */
+            bool named = false;
+            for (size_t j = (size_t)conn; j < hr->nheaders && !named; j++)
+                if (h1_name_is(hr->headers[j].name, "connection")) {
+                    char lname[64];
+                    if (f->name.len < sizeof lname) {
+                        for (size_t k = 0; k < f->name.len; k++)
+                            lname[k] = (char)((f->name.p[k] >= 'A' && f->name.p[k] <= 'Z')
+                                                  ? f->name.p[k] + 32 : f->name.p[k]);
+                        lname[f->name.len] = '\0';
+                        named = h1_value_has_token(hr->headers[j].value, lname);
+                    }
+                }
+            if (named) continue;
+        }
+        hr->headers[n++] = *f;
+    }
+    out->status = hr->status;
+    out->reason = hr->reason;
+    out->fields = hr->headers;
+    out->nfields = n;
+    out->has_body = hr->body != H1_BODY_NONE;
+    out->length_known = hr->body == H1_BODY_LENGTH;
+    out->content_length = hr->content_length;
+}
+
+/* Parses the response head; returns 0 when the body (or end) may follow, 1
+ * for more bytes, -1 after failing the stream. */
+static int parse_head(struct stream *s, struct h1_response *hr)
+{
+    struct upconn *u = s->up;
+    for (;;) {
+        int rc = h1_parse_response(&s->rparser, ibuf_data(&u->in), ibuf_len(&u->in), &resp_limits,
+                                   s->is_head, hr);
+        if (rc == H1_AGAIN) return 1;
+        if (rc < 0 || hr->status == 101) {
+            stream_fail(s, UPERR_PROTOCOL);
+            return -1;
+        }
+        if (hr->status >= 200) return 0;
+        /* Interim: 100 Continue was already answered by umbra; others are
+         * informational and dropped (bounded, against 1xx storms). */
+        u->in.rpos += hr->head_len;
+        h1_parser_reset(&s->rparser);
+        if (++s->interim > MAX_INTERIM) {
+            stream_fail(s, UPERR_PROTOCOL);
+            return -1;
+        }
+    }
+}
+
+static void start_response(struct stream *s)
+{
+    struct h1_response *hr = malloc(sizeof *hr);
+    if (!hr) abort();
+    int rc = parse_head(s, hr);
+    if (rc != 0) {
+        free(hr);
+        return;
+    }
+    struct upconn *u = s->up;
+    s->replayable = false;
+    bufq_clear(&s->replay);
+    s->up_close = !hr->keep_alive;
+    size_t head_len = hr->head_len;
+    switch (hr->body) {
+    case H1_BODY_NONE: s->rstate = FWD_RESP_DONE; break;
+    case H1_BODY_LENGTH: s->rstate = FWD_RESP_LENGTH; s->rremaining = hr->content_length; break;
+    case H1_BODY_CHUNKED: s->rstate = FWD_RESP_CHUNKED; h1_chunked_init(&s->rchunked); break;
+    case H1_BODY_UNTIL_CLOSE: s->rstate = FWD_RESP_CLOSE; break;
+    }
+    struct http_response resp;
+    to_http_response(s, hr, &resp);
+    if (resp.has_body && resp.length_known && resp.content_length == 0) s->rstate = FWD_RESP_DONE;
+    h1s_response_head(s->ds, &resp);
+    free(hr);
+    u->in.rpos += head_len;
+}
+
+/* Relays body bytes from the upstream buffer. Returns false if the stream
+ * ended or failed (the caller stops). */
+static bool relay_body(struct stream *s)
+{
+    struct upconn *u = s->up;
+    while (ibuf_len(&u->in) && s->rstate != FWD_RESP_DONE) {
+        const char *p = ibuf_data(&u->in);
+        size_t len = ibuf_len(&u->in);
+        if (s->rstate == FWD_RESP_LENGTH || s->rstate == FWD_RESP_CLOSE) {
+            size_t n = len;
+            if (s->rstate == FWD_RESP_LENGTH && n > s->rremaining) n = (size_t)s->rremaining;
+            h1s_response_data(s->ds, u->in.c, p, n);
+            u->in.rpos += n;
+            if (s->rstate == FWD_RESP_LENGTH && (s->rremaining -= n) == 0) s->rstate = FWD_RESP_DONE;
+            continue;
+        }
+        size_t consumed = 0;
+        const char *data = NULL;
+        size_t dlen = 0;
+        int rc = h1_chunked_decode(&s->rchunked, p, len, &consumed, &data, &dlen);
+        if (rc < 0) {
+            stream_fail(s, UPERR_PROTOCOL);
+            return false;
+        }
+        if (rc == H1_CHUNK_DATA) h1s_response_data(s->ds, u->in.c, data, dlen);
+        u->in.rpos += consumed;
+        if (rc == H1_CHUNK_DONE) {
+            struct h1s *ds = s->ds;
+            size_t nt = s->rchunked.ntrailers;
+            /* Trailers point into the upstream buffer: keep it until sent. */
+            struct chunk *hold = chunk_ref(u->in.c);
+            http_field tr[H1_MAX_HEADERS / 4];
+            memcpy(tr, s->rchunked.trailers, nt * sizeof tr[0]);
+            s->rstate = FWD_RESP_DONE;
+            fwd_response_done(s);
+            s->ds = NULL;
+            h1s_response_end(ds, tr, nt);
+            chunk_unref(hold);
+            return false;
+        }
+        if (rc == H1_CHUNK_NEED_MORE) break;
+    }
+    if (s->rstate == FWD_RESP_DONE) {
+        struct h1s *ds = s->ds;
+        fwd_response_done(s);
+        s->ds = NULL;
+        h1s_response_end(ds, NULL, 0);
+        return false;
+    }
+    return true;
+}
+
+static void process_input(struct stream *s)
+{
+    if (s->rstate == FWD_RESP_HEAD) {
+        start_response(s);
+        if (!s->up || !s->ds) return; /* failed */
+        if (s->rstate == FWD_RESP_HEAD) return;
+    }
+    if (!relay_body(s)) return;
+    if (s->ds && h1s_out_bytes(s->ds) > FWD_HIGH_WATER) {
+        s->resp_paused = true;
+        upconn_watch(s->up, false, s->up->out.bytes > 0);
+    }
+}
+
+static void up_eof(struct stream *s)
+{
+    if (s->rstate == FWD_RESP_CLOSE) {
+        s->up_close = true;
+        struct h1s *ds = s->ds;
+        fwd_response_done(s);
+        s->ds = NULL;
+        h1s_response_end(ds, NULL, 0);
+        return;
+    }
+    stream_fail(s, UPERR_RESET);
+}
+
+static void up_read(struct stream *s)
+{
+    struct upconn *u = s->up;
+    for (int rounds = 0; rounds < 4 && s->up == u && s->ds && !s->resp_paused; rounds++) {
+        size_t space = ibuf_prepare(&u->in, 4096, 64 * 1024 + BUF_CHUNK_SIZE);
+        if (space == 0) {
+            stream_fail(s, UPERR_PROTOCOL);
+            return;
+        }
+        ssize_t r = read(u->fd, u->in.c->data + u->in.wpos, space);
+        if (r < 0) {
+            if (errno == EAGAIN) return;
+            if (errno == EINTR) continue;
+            stream_fail(s, UPERR_RESET);
+            return;
+        }
+        if (r == 0) {
+            up_eof(s);
+            return;
+        }
+        u->in.wpos += (size_t)r;
+        s->resp_seen = true;
+        process_input(s);
+        if ((size_t)r < space) return;
+    }
+}
+
+void stream_up_io(struct stream *s, int revents)
+{
+    struct upconn *u = s->up;
+    if ((revents & EV_WRITE) && u->out.bytes) {
+        up_flush(s);
+        if (s->up != u) return;
+    }
+    if (revents & EV_READ) up_read(s);
+}
+
+void fwd_resume_response(struct stream *s)
+{
+    if (!s->resp_paused || !s->up) return;
+    s->resp_paused = false;
+    process_input(s);
+    if (s->up && !s->resp_paused) {
+        upconn_watch(s->up, true, s->up->out.bytes > 0);
+    }
+}
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct stream *s = t->data;
+    s->retried = true; /* a timed-out request is never replayed */
+    stream_fail(s, UPERR_TIMEOUT);
+}

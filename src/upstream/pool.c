@@ -1,0 +1,225 @@
+/* pool — upstream connection management for one cluster on one worker. */
+#include "upstream/pool.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/net.h"
+#include "core/worker.h"
+
+static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents);
+static void upconn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+
+static struct ev_loop *pool_loop(const struct pool *p) { return p->ws->w->loop; }
+
+struct pool *pool_new(struct wsnap *ws, const struct cfg_cluster *cl, struct stats_cluster *st)
+{
+    struct pool *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->ws = ws;
+    p->cl = cl;
+    p->st = st;
+    return p;
+}
+
+static void idle_unlink(struct upconn *u)
+{
+    struct pool *p = u->pool;
+    if (u->idle_prev) u->idle_prev->idle_next = u->idle_next;
+    else p->idle = u->idle_next;
+    if (u->idle_next) u->idle_next->idle_prev = u->idle_prev;
+    u->idle_prev = u->idle_next = NULL;
+    p->nidle--;
+}
+
+static void upconn_free(void *obj)
+{
+    struct upconn *u = obj;
+    ibuf_free(&u->in);
+    bufq_clear(&u->out);
+    free(u);
+}
+
+static void pool_maybe_free(struct pool *p)
+{
+    if (!p->retired || p->nconns) return;
+    struct wsnap *ws = p->ws;
+    for (size_t i = 0; i < ws->snap->cfg->nclusters; i++)
+        if (ws->pools[i] == p) ws->pools[i] = NULL;
+    free(p);
+    wsnap_maybe_free(ws);
+}
+
+static void upconn_close(struct upconn *u)
+{
+    struct pool *p = u->pool;
+    struct worker *w = p->ws->w;
+    if (u->state == UP_IDLE) idle_unlink(u);
+    ev_io_stop(w->loop, &u->io);
+    ev_timer_stop(w->loop, &u->timer);
+    close(u->fd);
+    u->state = UP_CLOSED;
+    u->stream = NULL;
+    p->nconns--;
+    STAT_DEC(p->st->cx_active);
+    worker_defer_free(w, upconn_free, u);
+    pool_maybe_free(p);
+}
+
+void pool_retire(struct pool *p)
+{
+    p->retired = true;
+    while (p->idle) upconn_close(p->idle);
+    pool_maybe_free(p);
+}
+
+static struct upconn *take_idle(struct pool *p)
+{
+    struct upconn *u = p->idle;
+    if (!u) return NULL;
+    idle_unlink(u);
+    ev_timer_stop(pool_loop(p), &u->timer);
+    ev_io_stop(pool_loop(p), &u->io);
+    u->state = UP_ACTIVE;
+    u->reused = true;
+    u->want_write = false;
+    return u;
+}
+
+static struct upconn *open_conn(struct pool *p, enum upstream_error *err)
+{
+    const struct cfg_cluster *cl = p->cl;
+    if (cl->nendpoints == 0) {
+        *err = UPERR_NO_ENDPOINT;
+        return NULL;
+    }
+    size_t ep = p->rr++ % cl->nendpoints;
+    const struct cfg_addr *a = &cl->endpoints[ep].addr;
+    int fd = net_connect((const struct sockaddr *)&a->ss, a->len);
+    if (fd < 0) {
+        *err = UPERR_CONNECT_REFUSED;
+        return NULL;
+    }
+    struct upconn *u = calloc(1, sizeof *u);
+    if (!u) abort();
+    u->pool = p;
+    u->fd = fd;
+    u->endpoint = ep;
+    u->state = UP_CONNECTING;
+    bufq_init(&u->out);
+    ev_io_init(&u->io, upconn_cb, fd, EV_WRITE);
+    u->io.data = u;
+    ev_timer_init(&u->timer, upconn_timer_cb, (double)cl->connect_timeout_ms / 1000.0, 0.0);
+    u->timer.data = u;
+    ev_io_start(pool_loop(p), &u->io);
+    ev_timer_start(pool_loop(p), &u->timer);
+    p->nconns++;
+    STAT_INC(p->st->cx_active);
+    STAT_INC(p->st->cx_total);
+    return u;
+}
+
+struct upconn *pool_acquire(struct pool *p, struct stream *s, bool fresh, enum upstream_error *err)
+{
+    struct upconn *u = fresh ? NULL : take_idle(p);
+    if (u) {
+        STAT_INC(p->st->cx_reused);
+    } else {
+        if (p->nconns >= p->cl->max_connections) {
+            /* Make room by closing an idle connection rather than refusing. */
+            if (!p->idle) {
+                *err = UPERR_OVERFLOW;
+                return NULL;
+            }
+            upconn_close(p->idle);
+        }
+        u = open_conn(p, err);
+        if (!u) return NULL;
+    }
+    u->stream = s;
+    return u;
+}
+
+void upconn_watch(struct upconn *u, bool read, bool write)
+{
+    int ev = (read ? EV_READ : 0) | (write ? EV_WRITE : 0);
+    struct ev_loop *loop = pool_loop(u->pool);
+    if (ev_is_active(&u->io) && (u->io.events & (EV_READ | EV_WRITE)) == ev) return;
+    ev_io_stop(loop, &u->io);
+    if (!ev) return;
+    ev_io_set(&u->io, u->fd, ev);
+    ev_io_start(loop, &u->io);
+}
+
+void pool_release(struct upconn *u, bool keep)
+{
+    struct pool *p = u->pool;
+    u->stream = NULL;
+    if (!keep || p->retired || u->state != UP_ACTIVE || ibuf_len(&u->in) || u->out.bytes ||
+        p->nidle >= p->cl->keepalive_max_idle || p->ws->w->draining) {
+        upconn_close(u);
+        return;
+    }
+    u->state = UP_IDLE;
+    u->reused = false;
+    ibuf_free(&u->in);
+    bufq_clear(&u->out);
+    u->idle_prev = NULL;
+    u->idle_next = p->idle;
+    if (p->idle) p->idle->idle_prev = u;
+    p->idle = u;
+    p->nidle++;
+    struct ev_loop *loop = pool_loop(p);
+    /* Watch reads: an idle connection that becomes readable was closed by the
+     * peer (or sent junk); either way it must not be reused. */
+    ev_io_stop(loop, &u->io);
+    ev_io_set(&u->io, u->fd, EV_READ);
+    ev_io_start(loop, &u->io);
+    ev_timer_stop(loop, &u->timer);
+    ev_timer_set(&u->timer, (double)p->cl->keepalive_idle_timeout_ms / 1000.0, 0.0);
+    ev_timer_start(loop, &u->timer);
+}
+
+static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct upconn *u = io->data;
+    switch (u->state) {
+    case UP_CONNECTING: {
+        int rc = net_connect_result(u->fd);
+        ev_timer_stop(loop, &u->timer);
+        struct stream *s = u->stream;
+        if (rc < 0) {
+            upconn_close(u);
+            stream_up_failed(s, UPERR_CONNECT_REFUSED);
+            return;
+        }
+        u->state = UP_ACTIVE;
+        ev_io_stop(loop, &u->io);
+        stream_up_connected(s);
+        return;
+    }
+    case UP_ACTIVE:
+        stream_up_io(u->stream, revents);
+        return;
+    case UP_IDLE:
+        upconn_close(u);
+        return;
+    case UP_CLOSED:
+        return;
+    }
+}
+
+static void upconn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct upconn *u = t->data;
+    if (u->state == UP_CONNECTING) {
+        struct stream *s = u->stream;
+        upconn_close(u);
+        stream_up_failed(s, UPERR_CONNECT_TIMEOUT);
+    } else if (u->state == UP_IDLE) {
+        upconn_close(u);
+    }
+}
