@@ -12,6 +12,7 @@
 #include "admin/admin.h"
 #include "core/log.h"
 #include "core/net.h"
+#include "core/runtime.h"
 #include "core/server_internal.h"
 #include "core/stats.h"
 #include "core/worker.h"
@@ -99,8 +100,38 @@ static void snapshot_free(struct snapshot *snap)
 {
     for (size_t l = 0; l < snap->cfg->nlisteners; l++) lsock_put(snap->cfg->listeners[l].listen.text);
     free(snap->listen_fds);
+    free(snap->route_mirror_base);
+    free(snap->mirror_rt);
     config_free(snap->cfg);
     free(snap);
+}
+
+/* Registers each mirror's runtime key (main thread) and indexes them. */
+static void snapshot_index_mirrors(struct snapshot *snap)
+{
+    const struct config *cfg = snap->cfg;
+    snap->route_mirror_base = calloc(cfg->nroutes + 1, sizeof *snap->route_mirror_base);
+    if (!snap->route_mirror_base) abort();
+    size_t n = 0;
+    for (size_t r = 0; r < cfg->nroutes; r++) {
+        snap->route_mirror_base[r] = n;
+        n += cfg->routes[r].nmirrors;
+    }
+    snap->route_mirror_base[cfg->nroutes] = n;
+    snap->mirror_rt = calloc(n ? n : 1, sizeof *snap->mirror_rt);
+    if (!snap->mirror_rt) abort();
+    static struct runtime_entry overflow; /* a full table: mirrors run at their config value */
+    for (size_t r = 0; r < cfg->nroutes; r++)
+        for (size_t j = 0; j < cfg->routes[r].nmirrors; j++) {
+            const struct cfg_mirror *m = &cfg->routes[r].mirrors[j];
+            struct runtime_entry *e = runtime_register(m->runtime_key, m->fraction_ppm);
+            if (!e) {
+                log_warn("server", "runtime table full: %s is not adjustable", m->runtime_key);
+                e = &overflow;
+                atomic_store(&e->ppm, m->fraction_ppm);
+            }
+            snap->mirror_rt[snap->route_mirror_base[r] + j] = e;
+        }
 }
 
 /* Builds a snapshot for cfg (ownership taken). NULL with an error logged if a
@@ -113,6 +144,7 @@ static struct snapshot *snapshot_new(struct config *cfg)
     snap->nworkers = srv.nworkers;
     snap->gen = ++srv.gen;
     atomic_init(&snap->refs, 1);
+    snapshot_index_mirrors(snap);
     snap->listen_fds = calloc(cfg->nlisteners * (size_t)srv.nworkers + 1, sizeof(int));
     if (!snap->listen_fds) abort();
     for (size_t l = 0; l < cfg->nlisteners; l++) {
@@ -123,6 +155,8 @@ static struct snapshot *snapshot_new(struct config *cfg)
                       cfg->listeners[l].listen.text, err);
             while (l--) lsock_put(cfg->listeners[l].listen.text);
             free(snap->listen_fds);
+            free(snap->route_mirror_base);
+            free(snap->mirror_rt);
             config_free(cfg);
             free(snap);
             return NULL;
@@ -283,6 +317,7 @@ static void shutdown_all(void)
     }
     reap_snapshots();
     stats_free_all();
+    runtime_reset();
 }
 
 int server_run(struct config *cfg, const char *config_path)

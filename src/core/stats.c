@@ -1,6 +1,7 @@
 /* stats — per-worker blocks, summed and rendered on scrape. */
 #include "core/stats.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,30 @@ static const char *const uperr_names[UPERR_COUNT] = {
 };
 
 const char *upstream_error_name(enum upstream_error e) { return uperr_names[e]; }
+
+static const char *const outcome_names[MO_COUNT] = {
+    "completed",      "dropped_overflow", "dropped_body_too_large", "dropped_circuit_open",
+    "dropped_scrub_failed", "failed_connect", "failed_timeout", "failed_reset",
+    "failed_protocol", "failed_tls",
+};
+
+const char *mirror_outcome_name(enum mirror_outcome o) { return outcome_names[o]; }
+
+_Atomic int64_t stats_mirror_memory_bytes;
+
+struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route, const char *cluster)
+{
+    uint64_t n = ws->nmirrors;
+    for (uint64_t i = 0; i < n; i++)
+        if (strcmp(ws->mirrors[i].route, route) == 0 && strcmp(ws->mirrors[i].cluster, cluster) == 0)
+            return &ws->mirrors[i];
+    if (n == STATS_MAX_MIRRORS) return NULL;
+    struct stats_mirror *m = &ws->mirrors[n];
+    snprintf(m->route, sizeof m->route, "%s", route);
+    snprintf(m->cluster, sizeof m->cluster, "%s", cluster);
+    __atomic_store_n(&ws->nmirrors, n + 1, __ATOMIC_RELEASE);
+    return m;
+}
 
 struct worker_stats *stats_worker_new(int id)
 {
@@ -70,7 +95,23 @@ struct totals {
     struct worker_stats all;
     struct stats_cluster clusters[STATS_MAX_CLUSTERS];
     int nclusters;
+    struct stats_mirror mirrors[STATS_MAX_MIRRORS];
+    int nmirrors;
 };
+
+static struct stats_mirror *totals_mirror(struct totals *t, const struct stats_mirror *src)
+{
+    for (int i = 0; i < t->nmirrors; i++)
+        if (strcmp(t->mirrors[i].route, src->route) == 0 &&
+            strcmp(t->mirrors[i].cluster, src->cluster) == 0)
+            return &t->mirrors[i];
+    if (t->nmirrors == STATS_MAX_MIRRORS) return NULL;
+    struct stats_mirror *m = &t->mirrors[t->nmirrors++];
+    memset(m, 0, sizeof *m);
+    memcpy(m->route, src->route, sizeof m->route);
+    memcpy(m->cluster, src->cluster, sizeof m->cluster);
+    return m;
+}
 
 static struct stats_cluster *totals_cluster(struct totals *t, const char *name)
 {
@@ -109,6 +150,13 @@ static void sum_worker(struct totals *t, const struct worker_stats *w)
     for (uint64_t i = 0; i < n; i++) {
         struct stats_cluster *dst = totals_cluster(t, w->clusters[i].name);
         if (dst) sum_cluster(dst, &w->clusters[i]);
+    }
+    n = __atomic_load_n(&w->nmirrors, __ATOMIC_ACQUIRE);
+    for (uint64_t i = 0; i < n; i++) {
+        struct stats_mirror *dst = totals_mirror(t, &w->mirrors[i]);
+        if (!dst) continue;
+        for (int o = 0; o < MO_COUNT; o++) dst->outcomes[o] += STAT_READ(w->mirrors[i].outcomes[o]);
+        dst->sampled_out += STAT_READ(w->mirrors[i].sampled_out);
     }
 }
 
@@ -214,11 +262,35 @@ static void prom_clusters(struct strbuf *out, const struct totals *t)
     }
 }
 
+static void prom_mirrors(struct strbuf *out, const struct totals *t)
+{
+    strbuf_puts(out, "# HELP umbra_mirror_requests_total Mirror copies by outcome.\n"
+                     "# TYPE umbra_mirror_requests_total counter\n");
+    for (int i = 0; i < t->nmirrors; i++)
+        for (int o = 0; o < MO_COUNT; o++)
+            strbuf_printf(out,
+                          "umbra_mirror_requests_total{route=\"%s\",cluster=\"%s\",outcome=\"%s\"} %lu\n",
+                          t->mirrors[i].route, t->mirrors[i].cluster, outcome_names[o],
+                          (unsigned long)t->mirrors[i].outcomes[o]);
+    strbuf_puts(out, "# HELP umbra_mirror_sampled_out_total Requests not chosen by sampling.\n"
+                     "# TYPE umbra_mirror_sampled_out_total counter\n");
+    for (int i = 0; i < t->nmirrors; i++)
+        strbuf_printf(out, "umbra_mirror_sampled_out_total{route=\"%s\",cluster=\"%s\"} %lu\n",
+                      t->mirrors[i].route, t->mirrors[i].cluster,
+                      (unsigned long)t->mirrors[i].sampled_out);
+    strbuf_printf(out,
+                  "# HELP umbra_mirror_memory_bytes Bytes held by mirror copies now.\n"
+                  "# TYPE umbra_mirror_memory_bytes gauge\n"
+                  "umbra_mirror_memory_bytes %ld\n",
+                  (long)atomic_load(&stats_mirror_memory_bytes));
+}
+
 void stats_render_prometheus(struct strbuf *out)
 {
     struct totals *t = totals_collect();
     prom_downstream(out, &t->all);
     prom_clusters(out, t);
+    prom_mirrors(out, t);
     free(t);
 }
 
@@ -264,6 +336,16 @@ void stats_render_json(struct strbuf *out)
         json_hist(out, &c->latency);
         strbuf_puts(out, "}");
     }
-    strbuf_puts(out, "}}");
+    strbuf_printf(out, "},\"mirror_memory_bytes\":%ld,\"mirrors\":[",
+                  (long)atomic_load(&stats_mirror_memory_bytes));
+    for (int i = 0; i < t->nmirrors; i++) {
+        const struct stats_mirror *m = &t->mirrors[i];
+        strbuf_printf(out, "%s{\"route\":\"%s\",\"cluster\":\"%s\",\"sampled_out\":%lu", i ? "," : "",
+                      m->route, m->cluster, (unsigned long)m->sampled_out);
+        for (int o = 0; o < MO_COUNT; o++)
+            strbuf_printf(out, ",\"%s\":%lu", outcome_names[o], (unsigned long)m->outcomes[o]);
+        strbuf_puts(out, "}");
+    }
+    strbuf_puts(out, "]}");
     free(t);
 }

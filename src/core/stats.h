@@ -7,6 +7,7 @@
 #ifndef UMBRA_STATS_H
 #define UMBRA_STATS_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "core/strbuf.h"
@@ -44,6 +45,33 @@ enum upstream_error {
 /** The metrics label of e. */
 const char *upstream_error_name(enum upstream_error e);
 
+/** What became of a mirror copy; label `outcome` in metrics (DESIGN.md §5). */
+enum mirror_outcome {
+    MO_COMPLETED,
+    MO_DROPPED_OVERFLOW,       /* buffer, max_pending or mirror_memory exceeded */
+    MO_DROPPED_BODY_TOO_LARGE, /* body above the mirror's max_body */
+    MO_DROPPED_CIRCUIT_OPEN,   /* the shadow cluster's breaker is open */
+    MO_DROPPED_SCRUB_FAILED,   /* a scrub policy could not be applied in full */
+    MO_FAILED_CONNECT,
+    MO_FAILED_TIMEOUT,
+    MO_FAILED_RESET,           /* the shadow closed or reset, or the client cancelled */
+    MO_FAILED_PROTOCOL,        /* the shadow's response was malformed */
+    MO_FAILED_TLS,
+    MO_COUNT
+};
+
+/** The metrics label of o. */
+const char *mirror_outcome_name(enum mirror_outcome o);
+
+#define STATS_MAX_MIRRORS 256
+
+struct stats_mirror {
+    char route[64];
+    char cluster[64];
+    uint64_t outcomes[MO_COUNT];
+    uint64_t sampled_out;
+};
+
 struct stats_cluster {
     char name[64];
     uint64_t requests;          /* requests sent (attempts that got a connection) */
@@ -66,7 +94,12 @@ struct worker_stats {
     struct stats_hist downstream_duration;
     uint64_t nclusters;             /* published with release */
     struct stats_cluster clusters[STATS_MAX_CLUSTERS];
+    uint64_t nmirrors;              /* published with release */
+    struct stats_mirror mirrors[STATS_MAX_MIRRORS];
 };
+
+/** Bytes held by mirror copies in the whole process (DESIGN.md §1.2). */
+extern _Atomic int64_t stats_mirror_memory_bytes;
 
 /** Registers a new worker block (main thread, before workers start). The
  *  block lives until stats_free_all(). */
@@ -76,6 +109,9 @@ void stats_free_all(void);
 /** The entry for cluster `name` in ws, added if new (owning worker only).
  *  Returns NULL if the table is full. */
 struct stats_cluster *stats_cluster_get(struct worker_stats *ws, const char *name);
+/** The entry for mirror (route, cluster) in ws, added if new (owning worker
+ *  only). NULL if the table is full. */
+struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route, const char *cluster);
 /** Records one observation in microseconds. */
 void stats_hist_observe(struct stats_hist *h, uint64_t us);
 

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "http/h1s.h"
 #include "http/router.h"
+#include "mirror/shadow.h"
 #include "upstream/pool.h"
 
 #define ACCEPT_BATCH 64
@@ -61,7 +62,8 @@ void wsnap_maybe_free(struct wsnap *ws)
     if (!ws->retired || ws->streams) return;
     size_t n = ws->snap->cfg->nclusters;
     for (size_t i = 0; i < n; i++)
-        if (ws->pools[i]) return;
+        if (!pool_empty(ws->pools[i])) return;
+    for (size_t i = 0; i < n; i++) pool_free(ws->pools[i]);
     struct worker *w = ws->w;
     for (struct wsnap **pp = &w->retired; *pp; pp = &(*pp)->next)
         if (*pp == ws) {
@@ -71,6 +73,7 @@ void wsnap_maybe_free(struct wsnap *ws)
     atomic_fetch_sub(&ws->snap->refs, 1);
     free(ws->pools);
     free(ws->cstats);
+    free(ws->mstats);
     free(ws);
 }
 
@@ -87,8 +90,7 @@ static void wsnap_retire(struct wsnap *ws)
     size_t n = ws->snap->cfg->nclusters;
     ws->next = ws->w->retired;
     ws->w->retired = ws;
-    for (size_t i = 0; i < n; i++)
-        if (ws->pools[i]) pool_retire(ws->pools[i]);
+    for (size_t i = 0; i < n; i++) pool_retire(ws->pools[i]);
     ws->retired = true;
     wsnap_maybe_free(ws);
 }
@@ -109,6 +111,17 @@ static struct wsnap *wsnap_new(struct worker *w, struct snapshot *snap)
         if (!ws->cstats[i]) ws->cstats[i] = stats_cluster_get(w->stats, "_overflow");
         ws->pools[i] = pool_new(ws, &snap->cfg->clusters[i], ws->cstats[i]);
     }
+    const struct config *cfg = snap->cfg;
+    size_t nm = cfg->nroutes ? snap->route_mirror_base[cfg->nroutes] : 0;
+    ws->mstats = calloc(nm ? nm : 1, sizeof *ws->mstats);
+    if (!ws->mstats) abort();
+    for (size_t r = 0; r < cfg->nroutes; r++)
+        for (size_t j = 0; j < cfg->routes[r].nmirrors; j++) {
+            const char *cl = cfg->clusters[cfg->routes[r].mirrors[j].cluster].name;
+            struct stats_mirror *m = stats_mirror_get(w->stats, cfg->routes[r].name, cl);
+            if (!m) m = stats_mirror_get(w->stats, "_overflow", "_overflow");
+            ws->mstats[snap->route_mirror_base[r] + j] = m;
+        }
     return ws;
 }
 
@@ -142,6 +155,11 @@ static void install(struct worker *w, struct snapshot *snap)
     start_listeners(w);
 }
 
+static void maybe_finish(struct worker *w)
+{
+    if (w->draining && w->nconns == 0 && w->ncopies == 0) ev_break(w->loop, EVBREAK_ALL);
+}
+
 static void start_drain(struct worker *w)
 {
     w->draining = true;
@@ -153,13 +171,19 @@ static void start_drain(struct worker *w)
         next = h1s_next(c);
         h1s_drain(c);
     }
-    if (w->nconns == 0) ev_break(w->loop, EVBREAK_ALL);
+    maybe_finish(w);
 }
 
 void worker_conn_closed(struct worker *w)
 {
     w->nconns--;
-    if (w->draining && w->nconns == 0) ev_break(w->loop, EVBREAK_ALL);
+    maybe_finish(w);
+}
+
+void worker_copy_ended(struct worker *w)
+{
+    w->ncopies--;
+    maybe_finish(w);
 }
 
 static void sync_cb(struct ev_loop *loop, ev_async *a, int revents)
@@ -173,6 +197,7 @@ static void sync_cb(struct ev_loop *loop, ev_async *a, int revents)
             next = h1s_next(c);
             h1s_abort(c);
         }
+        shadow_abort_all(w);
     }
 }
 
@@ -225,7 +250,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 
 /* ---- request ids ---- */
 
-static uint64_t next_random(struct worker *w)
+uint64_t worker_random(struct worker *w)
 {
     /* xorshift128+: request ids need uniqueness, not secrecy. */
     uint64_t s1 = w->rng[0];
@@ -239,7 +264,7 @@ static uint64_t next_random(struct worker *w)
 void worker_request_id(struct worker *w, char out[37])
 {
     static const char hex[] = "0123456789abcdef";
-    uint64_t a = next_random(w), b = next_random(w);
+    uint64_t a = worker_random(w), b = worker_random(w);
     unsigned char bytes[16];
     memcpy(bytes, &a, 8);
     memcpy(bytes + 8, &b, 8);
@@ -282,9 +307,10 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     install(w, atomic_load(&worker_current_snapshot));
     if (atomic_load(&worker_drain_requested)) start_drain(w);
-    if (!w->draining || w->nconns) ev_run(w->loop, 0);
+    if (!w->draining || w->nconns || w->ncopies) ev_run(w->loop, 0);
     /* Drained: give back pools and snapshots. */
     stop_listeners(w);
+    shadow_abort_all(w);
     if (w->cur) wsnap_retire(w->cur);
     w->cur = NULL;
     reap(w);

@@ -21,11 +21,14 @@ struct snapshot {
     struct config *cfg;    /* owned */
     int nworkers;
     int *listen_fds;       /* [listener * nworkers + worker]; owned by server.c's socket table */
+    size_t *route_mirror_base;           /* [route]: index of its first mirror in the arrays below */
+    struct runtime_entry **mirror_rt;    /* [base + j]: the fraction of route's mirror j */
     struct snapshot *next; /* server.c's retired list */
 };
 
 struct pool;
 struct h1s;
+struct mcopy;
 
 /** A worker's use of one snapshot: its pools (one per cluster) and how many
  *  streams still run on it. Retired when a newer snapshot is installed, freed
@@ -35,6 +38,7 @@ struct wsnap {
     struct worker *w;
     struct pool **pools;   /* [cluster index] */
     struct stats_cluster **cstats; /* [cluster index] */
+    struct stats_mirror **mstats;  /* [snap->route_mirror_base[route] + mirror] */
     int streams;
     bool retired;
     struct wsnap *next;
@@ -60,6 +64,8 @@ struct worker {
     size_t nlisten;
     struct h1s *conns;       /* all downstream connections (for drain) */
     unsigned nconns;
+    unsigned ncopies;        /* mirror copies in flight (a drain waits for them) */
+    struct mcopy *copies;    /* all of them (shadow.c's list) */
     bool draining;
     struct deferred *garbage;
     uint64_t seq;            /* request id counter */
@@ -91,9 +97,13 @@ void wsnap_stream_begin(struct wsnap *ws);
 void wsnap_stream_end(struct wsnap *ws);
 /** Called by the pool when a retired pool closed its last connection. */
 void wsnap_maybe_free(struct wsnap *ws);
+/** A pseudo-random 64-bit value (sampling, ids; not for secrets). */
+uint64_t worker_random(struct worker *w);
 /** Fills out with a new request id (UUID v4 text, 36 chars + NUL). */
 void worker_request_id(struct worker *w, char out[37]);
 /** A downstream connection closed (h1s calls this). */
 void worker_conn_closed(struct worker *w);
+/** A mirror copy ended (shadow.c calls this). */
+void worker_copy_ended(struct worker *w);
 
 #endif

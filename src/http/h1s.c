@@ -5,6 +5,8 @@
 #include "http/h1s.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,6 +200,7 @@ static void send_local(struct h1s *c, int status, bool close_after)
 /* A request rejected on its head: nothing reached any upstream. */
 static void reject(struct h1s *c, int status, const char *why)
 {
+    STAT_INC(c->w->stats->downstream_requests);
     STAT_INC(c->w->stats->downstream_rejected);
     log_ratelimited(&rl_reject, LOG_WARN, "http", "client %s: %d: %s", c->client_ip, status, why);
     send_local(c, status, true);
@@ -331,10 +334,8 @@ static void start_request(struct h1s *c, const struct h1_request *r)
 {
     struct worker *w = c->w;
     c->requests++;
-    c->req_start = ev_now(w->loop);
     c->resp_started = false;
     c->status = 0;
-    STAT_INC(w->stats->downstream_requests);
     c->client_10 = r->version_minor == 0;
     c->keep_alive = r->keep_alive && !c->draining && !w->draining &&
                     (c->limits.max_requests_per_connection == 0 ||
@@ -367,6 +368,7 @@ static void start_request(struct h1s *c, const struct h1_request *r)
     if (r->expect_continue && !c->rq_done && !c->client_10)
         bufq_push_copy(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     c->state = c->rq_done ? H1S_WAIT : H1S_BODY;
+    STAT_INC(w->stats->downstream_requests);
     rc = fwd_start(s);
     if (c->state == H1S_CLOSED) return;
     if (rc == 0 && c->st != s) return; /* it already failed and was answered */
@@ -483,6 +485,7 @@ static void process_input(struct h1s *c)
     for (;;) {
         if (c->state == H1S_IDLE && ibuf_len(&c->in)) {
             c->state = H1S_HEAD;
+            c->req_start = ev_now(c->w->loop);
             set_timer(c, (double)c->limits.header_timeout_ms / 1000.0);
         }
         if (c->state == H1S_HEAD && ibuf_len(&c->in)) {
@@ -494,7 +497,8 @@ static void process_input(struct h1s *c)
         if (c->state == H1S_BODY) process_body(c);
         break;
     }
-    update_watch(c);
+    if (c->st) fwd_flush(c->st);
+    if (c->state != H1S_CLOSED) update_watch(c);
 }
 
 /* ---- response toward the client ---- */
@@ -528,7 +532,6 @@ void h1s_response_head(struct h1s *c, const struct http_response *resp)
     else if (c->client_10)
         bufq_push_copy(q, "Connection: keep-alive\r\n", 24);
     bufq_push_copy(q, "\r\n", 2);
-    h1s_flush(c);
 }
 
 void h1s_response_data(struct h1s *c, struct chunk *ch, const char *p, size_t n)
@@ -537,7 +540,11 @@ void h1s_response_data(struct h1s *c, struct chunk *ch, const char *p, size_t n)
     if (c->rs_kind == RS_CHUNKED) bufq_printf(&c->out, "%zx\r\n", n);
     bufq_push(&c->out, ch, p, n);
     if (c->rs_kind == RS_CHUNKED) bufq_push_copy(&c->out, "\r\n", 2);
-    h1s_flush(c);
+}
+
+void h1s_flush_out(struct h1s *c)
+{
+    if (c->state != H1S_CLOSED && c->out.bytes) h1s_flush(c);
 }
 
 static void finish_exchange(struct h1s *c)
@@ -610,7 +617,8 @@ void h1s_resume_body(struct h1s *c)
     c->rq_paused = false;
     set_timer(c, (double)c->limits.body_timeout_ms / 1000.0);
     process_body(c);
-    update_watch(c);
+    if (c->st) fwd_flush(c->st);
+    if (c->state != H1S_CLOSED) update_watch(c);
 }
 
 /* ---- socket I/O ---- */
@@ -707,6 +715,8 @@ void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t li
     c->w = w;
     c->fd = fd;
     c->listener = listener;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->limits = w->cur->snap->cfg->listeners[listener].limits;
     net_format_ip(peer, c->client_ip, sizeof c->client_ip);
     bufq_init(&c->out);
@@ -722,5 +732,6 @@ void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t li
     STAT_INC(w->stats->downstream_cx_total);
     STAT_INC(w->stats->downstream_cx_active);
     ev_io_start(w->loop, &c->io);
+    c->req_start = ev_now(w->loop);
     set_timer(c, (double)c->limits.header_timeout_ms / 1000.0);
 }

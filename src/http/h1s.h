@@ -36,6 +36,8 @@ void h1s_response_end(struct h1s *c, const http_field *trailers, size_t ntrailer
 /** The stream failed with `status` (502/503/504...): answered by umbra when
  *  no response byte went out yet, else the client connection is closed. */
 void h1s_response_error(struct h1s *c, int status);
+/** Writes what response_head/response_data queued. */
+void h1s_flush_out(struct h1s *c);
 /** Bytes queued toward the client. */
 size_t h1s_out_bytes(const struct h1s *c);
 /** The upstream queue drained: read the request body again. */

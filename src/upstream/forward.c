@@ -13,6 +13,8 @@
 #include "core/worker.h"
 #include "http/h1s.h"
 #include "http/router.h"
+#include "mirror/shadow.h"
+#include "upstream/h1_request.h"
 #include "upstream/pool.h"
 
 /* A replay keeps at most this much of a request that went out on a reused
@@ -28,6 +30,11 @@ static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_t
 static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void up_flush(struct stream *s);
 static void up_read(struct stream *s);
+static void up_connected(void *owner);
+static void up_failed(void *owner, enum upstream_error err);
+static void up_io(void *owner, int revents);
+
+static const struct upconn_ops primary_ops = {up_connected, up_failed, up_io};
 
 struct stream *stream_new(struct worker *w, struct h1s *ds)
 {
@@ -46,6 +53,7 @@ struct stream *stream_new(struct worker *w, struct h1s *ds)
 
 void stream_abort(struct stream *s)
 {
+    shadow_detach(s);
     ev_timer_stop(s->w->loop, &s->deadline);
     if (s->up) {
         pool_release(s->up, false);
@@ -63,51 +71,6 @@ void stream_free(void *obj)
     free(s->xff_joined);
     wsnap_stream_end(s->ws);
     free(s);
-}
-
-/* ---- request serialization ---- */
-
-static void push_field(struct bufq *q, const char *name, size_t nlen, const char *val, size_t vlen)
-{
-    char stackbuf[1024];
-    size_t n = nlen + vlen + 4;
-    if (n <= sizeof stackbuf) { /* one copy instead of four small ones */
-        memcpy(stackbuf, name, nlen);
-        memcpy(stackbuf + nlen, ": ", 2);
-        memcpy(stackbuf + nlen + 2, val, vlen);
-        memcpy(stackbuf + nlen + 2 + vlen, "\r\n", 2);
-        bufq_push_copy(q, stackbuf, n);
-        return;
-    }
-    bufq_push_copy(q, name, nlen);
-    bufq_push_copy(q, ": ", 2);
-    bufq_push_copy(q, val, vlen);
-    bufq_push_copy(q, "\r\n", 2);
-}
-
-static void serialize_request(struct stream *s, struct bufq *q)
-{
-    const struct http_request *r = &s->req;
-    bufq_push_copy(q, r->method.p, r->method.len);
-    bufq_push_copy(q, " ", 1);
-    bufq_push_copy(q, r->path.p, r->path.len);
-    bufq_push_copy(q, " HTTP/1.1\r\n", 11);
-    push_field(q, "Host", 4, r->authority.p, r->authority.len);
-    for (size_t i = 0; i < r->nfields; i++)
-        push_field(q, r->fields[i].name.p, r->fields[i].name.len, r->fields[i].value.p,
-                   r->fields[i].value.len);
-    if (r->forwarded_for.len)
-        bufq_printf(q, "X-Forwarded-For: %.*s, %s\r\n", (int)r->forwarded_for.len,
-                    r->forwarded_for.p, r->client_ip);
-    else
-        bufq_printf(q, "X-Forwarded-For: %s\r\n", r->client_ip);
-    bufq_printf(q, "X-Forwarded-Proto: %s\r\nX-Request-Id: %.*s\r\n", r->tls ? "https" : "http",
-                (int)r->request_id.len, r->request_id.p);
-    if (r->has_body && r->length_known)
-        bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)r->content_length);
-    else if (r->has_body)
-        bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
-    bufq_push_copy(q, "\r\n", 2);
 }
 
 /* ---- lifecycle ---- */
@@ -128,7 +91,7 @@ static bool try_replay(struct stream *s)
         !s->replayable || s->retried)
         return false;
     enum upstream_error err;
-    struct upconn *fresh = pool_acquire(s->pool, s, true, &err);
+    struct upconn *fresh = pool_acquire(s->pool, &primary_ops, s, true, &err);
     if (!fresh) return false;
     struct upconn *old = s->up;
     bufq_move(&fresh->out, &s->replay);
@@ -176,7 +139,7 @@ int fwd_start(struct stream *s)
     s->up_chunked = s->req.has_body && !s->req.length_known;
     s->req_ended = !s->req.has_body;
     enum upstream_error err;
-    s->up = pool_acquire(s->pool, s, false, &err);
+    s->up = pool_acquire(s->pool, &primary_ops, s, false, &err);
     if (!s->up) {
         STAT_INC(s->cst->errors[err]);
         log_ratelimited(&rl_upstream, LOG_WARN, "upstream", "cluster %s: no connection: %s",
@@ -185,36 +148,37 @@ int fwd_start(struct stream *s)
     }
     STAT_INC(s->cst->requests);
     s->replayable = s->up->reused;
-    serialize_request(s, &s->up->out);
+    h1_write_request_head(&s->up->out, &s->req, NULL);
+    shadow_start(s);
     if (s->cluster->timeout_ms) {
         ev_timer_set(&s->deadline, (double)s->cluster->timeout_ms / 1000.0, 0.0);
         ev_timer_start(s->w->loop, &s->deadline);
     }
-    if (s->up->state == UP_ACTIVE) up_flush(s);
-    return 0;
+    return 0; /* the downstream flushes once it queued what it has (fwd_flush) */
 }
 
 void fwd_body(struct stream *s, struct chunk *c, const char *p, size_t n)
 {
-    if (!s->up || n == 0) return;
+    if (n == 0) return;
+    if (s->copies) shadow_body(s, c, p, n);
+    if (!s->up) return;
     if (s->up_chunked) bufq_printf(&s->up->out, "%zx\r\n", n);
     bufq_push(&s->up->out, c, p, n);
     if (s->up_chunked) bufq_push_copy(&s->up->out, "\r\n", 2);
-    if (s->up->state == UP_ACTIVE) up_flush(s);
 }
 
 void fwd_body_end(struct stream *s, const http_field *trailers, size_t ntrailers)
 {
     s->req_ended = true;
+    if (s->copies) shadow_body_end(s, trailers, ntrailers);
     if (!s->up) return;
-    if (s->up_chunked) {
-        bufq_push_copy(&s->up->out, "0\r\n", 3);
-        for (size_t i = 0; i < ntrailers; i++)
-            push_field(&s->up->out, trailers[i].name.p, trailers[i].name.len, trailers[i].value.p,
-                       trailers[i].value.len);
-        bufq_push_copy(&s->up->out, "\r\n", 2);
-    }
-    if (s->up->state == UP_ACTIVE) up_flush(s);
+    if (s->up_chunked) h1_write_chunked_end(&s->up->out, trailers, ntrailers);
+}
+
+void fwd_flush(struct stream *s)
+{
+    if (s->up && s->up->state == UP_ACTIVE && s->up->out.bytes) up_flush(s);
+    if (s->copies) shadow_flush(s); /* after the primary: it goes first on the wire */
 }
 
 bool fwd_body_blocked(const struct stream *s)
@@ -222,13 +186,14 @@ bool fwd_body_blocked(const struct stream *s)
     return s->up && s->up->out.bytes > FWD_HIGH_WATER;
 }
 
-void stream_up_connected(struct stream *s)
+static void up_connected(void *owner)
 {
-    up_flush(s);
+    up_flush(owner);
 }
 
-void stream_up_failed(struct stream *s, enum upstream_error err)
+static void up_failed(void *owner, enum upstream_error err)
 {
+    struct stream *s = owner;
     s->up = NULL; /* the pool closed it */
     stream_fail(s, err);
 }
@@ -423,7 +388,9 @@ static void process_input(struct stream *s)
         if (s->rstate == FWD_RESP_HEAD) return;
     }
     if (!relay_body(s)) return;
-    if (s->ds && h1s_out_bytes(s->ds) > FWD_HIGH_WATER) {
+    h1s_flush_out(s->ds);
+    if (!s->up || !s->ds) return;
+    if (h1s_out_bytes(s->ds) > FWD_HIGH_WATER) {
         s->resp_paused = true;
         upconn_watch(s->up, false, s->up->out.bytes > 0);
     }
@@ -469,8 +436,9 @@ static void up_read(struct stream *s)
     }
 }
 
-void stream_up_io(struct stream *s, int revents)
+static void up_io(void *owner, int revents)
 {
+    struct stream *s = owner;
     struct upconn *u = s->up;
     if ((revents & EV_WRITE) && u->out.bytes) {
         up_flush(s);

@@ -51,6 +51,7 @@ struct stream {
     struct chunk *head_chunk;      /* holds the bytes req points into (one reference) */
 
     struct upconn *up;
+    struct mcopy *copies;          /* mirror copies still fed by this stream */
     struct bufq replay;            /* bytes sent on a reused connection, until the response starts */
     bool replayable, retried;
     bool up_chunked;               /* we frame the request body as chunked upstream */
@@ -86,6 +87,8 @@ int fwd_start(struct stream *s);
 void fwd_body(struct stream *s, struct chunk *c, const char *p, size_t n);
 /** The request body ended (trailers borrowed for the call). */
 void fwd_body_end(struct stream *s, const http_field *trailers, size_t ntrailers);
+/** Writes what the calls above queued (one writev for head and body). */
+void fwd_flush(struct stream *s);
 /** True while the upstream queue is above the high-water mark. */
 bool fwd_body_blocked(const struct stream *s);
 /** The downstream queue drained: read the upstream again. */

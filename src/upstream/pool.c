@@ -43,15 +43,14 @@ static void upconn_free(void *obj)
     free(u);
 }
 
+/* A retired pool lives until its wsnap goes (wsnap_maybe_free frees both),
+ * so copies and streams that outlive their connections can still use it. */
 static void pool_maybe_free(struct pool *p)
 {
-    if (!p->retired || p->nconns) return;
-    struct wsnap *ws = p->ws;
-    for (size_t i = 0; i < ws->snap->cfg->nclusters; i++)
-        if (ws->pools[i] == p) ws->pools[i] = NULL;
-    free(p);
-    wsnap_maybe_free(ws);
+    if (p->retired && p->nconns == 0) wsnap_maybe_free(p->ws);
 }
+
+void pool_free(struct pool *p) { free(p); }
 
 static void upconn_close(struct upconn *u)
 {
@@ -62,7 +61,8 @@ static void upconn_close(struct upconn *u)
     ev_timer_stop(w->loop, &u->timer);
     close(u->fd);
     u->state = UP_CLOSED;
-    u->stream = NULL;
+    u->ops = NULL;
+    u->owner = NULL;
     p->nconns--;
     STAT_DEC(p->st->cx_active);
     worker_defer_free(w, upconn_free, u);
@@ -71,8 +71,8 @@ static void upconn_close(struct upconn *u)
 
 void pool_retire(struct pool *p)
 {
+    while (p->idle) upconn_close(p->idle); /* not yet retired: closing cannot free p */
     p->retired = true;
-    while (p->idle) upconn_close(p->idle);
     pool_maybe_free(p);
 }
 
@@ -122,7 +122,8 @@ static struct upconn *open_conn(struct pool *p, enum upstream_error *err)
     return u;
 }
 
-struct upconn *pool_acquire(struct pool *p, struct stream *s, bool fresh, enum upstream_error *err)
+struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *owner, bool fresh,
+                            enum upstream_error *err)
 {
     struct upconn *u = fresh ? NULL : take_idle(p);
     if (u) {
@@ -139,7 +140,8 @@ struct upconn *pool_acquire(struct pool *p, struct stream *s, bool fresh, enum u
         u = open_conn(p, err);
         if (!u) return NULL;
     }
-    u->stream = s;
+    u->ops = ops;
+    u->owner = owner;
     return u;
 }
 
@@ -157,7 +159,8 @@ void upconn_watch(struct upconn *u, bool read, bool write)
 void pool_release(struct upconn *u, bool keep)
 {
     struct pool *p = u->pool;
-    u->stream = NULL;
+    u->ops = NULL;
+    u->owner = NULL;
     if (!keep || p->retired || u->state != UP_ACTIVE || ibuf_len(&u->in) || u->out.bytes ||
         p->nidle >= p->cl->keepalive_max_idle || p->ws->w->draining) {
         upconn_close(u);
@@ -190,19 +193,20 @@ static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
     case UP_CONNECTING: {
         int rc = net_connect_result(u->fd);
         ev_timer_stop(loop, &u->timer);
-        struct stream *s = u->stream;
+        const struct upconn_ops *ops = u->ops;
+        void *owner = u->owner;
         if (rc < 0) {
             upconn_close(u);
-            stream_up_failed(s, UPERR_CONNECT_REFUSED);
+            ops->failed(owner, UPERR_CONNECT_REFUSED);
             return;
         }
         u->state = UP_ACTIVE;
         ev_io_stop(loop, &u->io);
-        stream_up_connected(s);
+        ops->connected(owner);
         return;
     }
     case UP_ACTIVE:
-        stream_up_io(u->stream, revents);
+        u->ops->io(u->owner, revents);
         return;
     case UP_IDLE:
         upconn_close(u);
@@ -216,10 +220,40 @@ static void upconn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct upconn *u = t->data;
     if (u->state == UP_CONNECTING) {
-        struct stream *s = u->stream;
+        const struct upconn_ops *ops = u->ops;
+        void *owner = u->owner;
         upconn_close(u);
-        stream_up_failed(s, UPERR_CONNECT_TIMEOUT);
+        ops->failed(owner, UPERR_CONNECT_TIMEOUT);
     } else if (u->state == UP_IDLE) {
         upconn_close(u);
+    }
+}
+
+bool pool_breaker_allow(struct pool *p, ev_tstamp now)
+{
+    const struct cfg_circuit_breaker *cb = &p->cl->circuit_breaker;
+    if (cb->consecutive_failures == 0 || p->cb_failures < cb->consecutive_failures) return true;
+    if (now < p->cb_open_until || p->cb_probing) return false;
+    p->cb_probing = true; /* half-open: let one through and see */
+    return true;
+}
+
+void pool_breaker_record(struct pool *p, bool ok, ev_tstamp now)
+{
+    const struct cfg_circuit_breaker *cb = &p->cl->circuit_breaker;
+    bool was_open = cb->consecutive_failures && p->cb_failures >= cb->consecutive_failures;
+    if (ok) {
+        if (was_open) log_info("upstream", "cluster %s: circuit closed", p->cl->name);
+        p->cb_failures = 0;
+        p->cb_probing = false;
+        return;
+    }
+    p->cb_failures++;
+    p->cb_probing = false;
+    if (cb->consecutive_failures && p->cb_failures >= cb->consecutive_failures) {
+        p->cb_open_until = now + (double)cb->open_for_ms / 1000.0;
+        if (!was_open)
+            log_warn("upstream", "cluster %s: circuit opened after %u consecutive failures",
+                     p->cl->name, p->cb_failures);
     }
 }

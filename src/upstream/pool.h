@@ -12,8 +12,14 @@
 #include "core/config.h"
 #include "core/stats.h"
 
-struct stream;
 struct wsnap;
+
+/** What a connection's user is told; `owner` is its own pointer. */
+struct upconn_ops {
+    void (*connected)(void *owner);
+    void (*failed)(void *owner, enum upstream_error err); /* the connection is already closed */
+    void (*io)(void *owner, int revents);
+};
 
 enum upconn_state {
     UP_CONNECTING, /* connect() in progress; the connect timer is armed */
@@ -31,7 +37,8 @@ struct upconn {
     size_t endpoint;
     struct ibuf in;
     struct bufq out;
-    struct stream *stream;   /* while CONNECTING or ACTIVE */
+    const struct upconn_ops *ops; /* while CONNECTING or ACTIVE */
+    void *owner;
     bool reused;             /* this request is not the connection's first */
     bool want_write;
     struct upconn *idle_prev, *idle_next;
@@ -45,30 +52,41 @@ struct pool {
     unsigned nidle, nconns;
     size_t rr;
     bool retired;
+    /* For shadow clusters (mirror copies): */
+    unsigned pending;             /* copies in flight (bounded by max_pending) */
+    unsigned cb_failures;         /* consecutive failures (circuit breaker) */
+    ev_tstamp cb_open_until;      /* the breaker is open until then */
+    bool cb_probing;              /* half-open: one probe is in flight */
 };
+
+/** Circuit breaker: may a new copy go to this cluster now? In half-open
+ *  state this admits one probe. */
+bool pool_breaker_allow(struct pool *p, ev_tstamp now);
+/** Circuit breaker: a copy succeeded or failed (shadow's fault only). */
+void pool_breaker_record(struct pool *p, bool ok, ev_tstamp now);
 
 /** A pool for cluster cl (owned by ws). */
 struct pool *pool_new(struct wsnap *ws, const struct cfg_cluster *cl, struct stats_cluster *st);
-/** Closes idle connections; the pool frees itself once its last connection
- *  closes (at once if none is open). */
+/** Closes idle connections; once the last connection closes the owning
+ *  wsnap is told (it frees its pools when nothing uses them). */
 void pool_retire(struct pool *p);
+/** True when no connection of the pool is open. */
+static inline bool pool_empty(const struct pool *p) { return p->nconns == 0; }
+/** Frees an empty pool (wsnap only). */
+void pool_free(struct pool *p);
 
 /**
- * A connection for stream s: a kept-alive one (ACTIVE, reused) or a new one
- * (CONNECTING: the stream is told by stream_up_connected / stream_up_failed).
+ * A connection for `owner`: a kept-alive one (ACTIVE, reused) or a new one
+ * (CONNECTING: the owner is told through ops->connected / ops->failed).
  * NULL with *err set when no connection may be opened (overflow, no endpoint,
  * connect error at once). `fresh` skips idle connections (for a retry).
  */
-struct upconn *pool_acquire(struct pool *p, struct stream *s, bool fresh, enum upstream_error *err);
+struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *owner, bool fresh,
+                            enum upstream_error *err);
 /** The stream is done with u: back to the idle list when keep and allowed,
  *  otherwise closed. */
 void pool_release(struct upconn *u, bool keep);
 /** Sets which events an ACTIVE connection waits for. */
 void upconn_watch(struct upconn *u, bool read, bool write);
-
-/* Implemented by the forwarder (upstream/forward.c). */
-void stream_up_connected(struct stream *s);
-void stream_up_failed(struct stream *s, enum upstream_error err);
-void stream_up_io(struct stream *s, int revents);
 
 #endif

@@ -1,0 +1,101 @@
+/* h1_request — HTTP/1.1 request heads for the primary and for shadows. */
+#include "upstream/h1_request.h"
+
+#include <string.h>
+#include <strings.h>
+
+void h1_write_field(struct bufq *q, const char *name, size_t nlen, const char *val, size_t vlen)
+{
+    char stackbuf[1024];
+    size_t n = nlen + vlen + 4;
+    if (n <= sizeof stackbuf) { /* one copy instead of four small ones */
+        memcpy(stackbuf, name, nlen);
+        memcpy(stackbuf + nlen, ": ", 2);
+        memcpy(stackbuf + nlen + 2, val, vlen);
+        memcpy(stackbuf + nlen + 2 + vlen, "\r\n", 2);
+        bufq_push_copy(q, stackbuf, n);
+        return;
+    }
+    bufq_push_copy(q, name, nlen);
+    bufq_push_copy(q, ": ", 2);
+    bufq_push_copy(q, val, vlen);
+    bufq_push_copy(q, "\r\n", 2);
+}
+
+static bool name_eq(struct h1_str name, const char *lower)
+{
+    return strlen(lower) == name.len && strncasecmp(name.p, lower, name.len) == 0;
+}
+
+/* True if the mirror removes or replaces this field. */
+static bool mirror_drops(const struct cfg_mirror *m, struct h1_str name)
+{
+    for (size_t i = 0; i < m->nremove_headers; i++)
+        if (name_eq(name, m->remove_headers[i])) return true;
+    for (size_t i = 0; i < m->nset_headers; i++)
+        if (name_eq(name, m->set_headers[i].name)) return true;
+    return name_eq(name, "x-umbra-shadow");
+}
+
+/* Host with the mirror's suffix on its host part: "api:8080" -> "api-shadow:8080". */
+static void write_shadow_host(struct bufq *q, struct h1_str a, const char *suffix)
+{
+    size_t hostlen = a.len;
+    const char *colon = memrchr(a.p, ':', a.len);
+    const char *bracket = memrchr(a.p, ']', a.len);
+    if (colon && (!bracket || colon > bracket)) hostlen = (size_t)(colon - a.p);
+    char buf[1024];
+    size_t slen = strlen(suffix);
+    if (a.len + slen > sizeof buf) {
+        h1_write_field(q, "Host", 4, a.p, a.len);
+        return;
+    }
+    memcpy(buf, a.p, hostlen);
+    memcpy(buf + hostlen, suffix, slen);
+    memcpy(buf + hostlen + slen, a.p + hostlen, a.len - hostlen);
+    h1_write_field(q, "Host", 4, buf, a.len + slen);
+}
+
+void h1_write_request_head(struct bufq *q, const struct http_request *r, const struct cfg_mirror *m)
+{
+    bufq_push_copy(q, r->method.p, r->method.len);
+    bufq_push_copy(q, " ", 1);
+    bufq_push_copy(q, r->path.p, r->path.len);
+    bufq_push_copy(q, " HTTP/1.1\r\n", 11);
+    if (m && m->host_suffix && m->host_suffix[0])
+        write_shadow_host(q, r->authority, m->host_suffix);
+    else
+        h1_write_field(q, "Host", 4, r->authority.p, r->authority.len);
+    for (size_t i = 0; i < r->nfields; i++) {
+        const http_field *f = &r->fields[i];
+        if (m && mirror_drops(m, f->name)) continue;
+        h1_write_field(q, f->name.p, f->name.len, f->value.p, f->value.len);
+    }
+    if (r->forwarded_for.len)
+        bufq_printf(q, "X-Forwarded-For: %.*s, %s\r\n", (int)r->forwarded_for.len,
+                    r->forwarded_for.p, r->client_ip);
+    else
+        bufq_printf(q, "X-Forwarded-For: %s\r\n", r->client_ip);
+    bufq_printf(q, "X-Forwarded-Proto: %s\r\nX-Request-Id: %.*s\r\n", r->tls ? "https" : "http",
+                (int)r->request_id.len, r->request_id.p);
+    if (m) {
+        for (size_t i = 0; i < m->nset_headers; i++)
+            h1_write_field(q, m->set_headers[i].name, strlen(m->set_headers[i].name),
+                           m->set_headers[i].value, strlen(m->set_headers[i].value));
+        bufq_push_copy(q, "x-umbra-shadow: 1\r\n", 19);
+    }
+    if (r->has_body && r->length_known)
+        bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)r->content_length);
+    else if (r->has_body)
+        bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    bufq_push_copy(q, "\r\n", 2);
+}
+
+void h1_write_chunked_end(struct bufq *q, const http_field *trailers, size_t n)
+{
+    bufq_push_copy(q, "0\r\n", 3);
+    for (size_t i = 0; i < n; i++)
+        h1_write_field(q, trailers[i].name.p, trailers[i].name.len, trailers[i].value.p,
+                       trailers[i].value.len);
+    bufq_push_copy(q, "\r\n", 2);
+}

@@ -1,0 +1,26 @@
+/* h1_request — writes a request head as HTTP/1.1 for an upstream, from the
+ * protocol-neutral model: the primary's copy as is, a shadow's with the
+ * mirror's declared edits. It frames, it does not send. */
+#ifndef UMBRA_H1_REQUEST_H
+#define UMBRA_H1_REQUEST_H
+
+#include "core/buf.h"
+#include "core/config.h"
+#include "http/message.h"
+
+/** Appends "name: value\r\n" to q (copied). */
+void h1_write_field(struct bufq *q, const char *name, size_t nlen, const char *val, size_t vlen);
+
+/**
+ * Appends the head of r to q: request line (origin-form, HTTP/1.1), Host,
+ * the end-to-end fields, X-Forwarded-For/-Proto, X-Request-Id and the body
+ * framing (Content-Length when known, else chunked). With a mirror `m`, the
+ * shadow edits apply: host_suffix on the host part, remove_headers dropped,
+ * set_headers replacing same-named fields, and "x-umbra-shadow: 1".
+ */
+void h1_write_request_head(struct bufq *q, const struct http_request *r, const struct cfg_mirror *m);
+
+/** Appends the end of a chunked body: last chunk, trailers, CRLF. */
+void h1_write_chunked_end(struct bufq *q, const http_field *trailers, size_t n);
+
+#endif
