@@ -7,7 +7,6 @@
 #ifndef UMBRA_CONFIG_H
 #define UMBRA_CONFIG_H
 
-#define PCRE2_CODE_UNIT_WIDTH 8
 /* pcre2.h refuses to compile without a code unit width; umbra matches bytes. */
 #ifndef PCRE2_CODE_UNIT_WIDTH
 #define PCRE2_CODE_UNIT_WIDTH 8
