@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "core/access_log.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "core/runtime.h"
@@ -102,6 +103,7 @@ static void snapshot_free(struct snapshot *snap)
     free(snap->listen_fds);
     free(snap->route_mirror_base);
     free(snap->mirror_rt);
+    access_log_close(snap->access_log_fd);
     config_free(snap->cfg);
     free(snap);
 }
@@ -145,6 +147,15 @@ static struct snapshot *snapshot_new(struct config *cfg)
     snap->gen = ++srv.gen;
     atomic_init(&snap->refs, 1);
     snapshot_index_mirrors(snap);
+    snap->access_log_fd = -1;
+    if (cfg->access_log) {
+        snap->access_log_fd = access_log_open(cfg->access_log);
+        if (snap->access_log_fd < 0) {
+            log_error("server", "access_log %s: %s (access log off)", cfg->access_log,
+                      strerror(-snap->access_log_fd));
+            snap->access_log_fd = -1;
+        }
+    }
     snap->listen_fds = calloc(cfg->nlisteners * (size_t)srv.nworkers + 1, sizeof(int));
     if (!snap->listen_fds) abort();
     for (size_t l = 0; l < cfg->nlisteners; l++) {
@@ -157,6 +168,7 @@ static struct snapshot *snapshot_new(struct config *cfg)
             free(snap->listen_fds);
             free(snap->route_mirror_base);
             free(snap->mirror_rt);
+            access_log_close(snap->access_log_fd);
             config_free(cfg);
             free(snap);
             return NULL;

@@ -23,6 +23,7 @@ struct snapshot {
     int *listen_fds;       /* [listener * nworkers + worker]; owned by server.c's socket table */
     size_t *route_mirror_base;           /* [route]: index of its first mirror in the arrays below */
     struct runtime_entry **mirror_rt;    /* [base + j]: the fraction of route's mirror j */
+    int access_log_fd;                   /* -1 when off */
     struct snapshot *next; /* server.c's retired list */
 };
 

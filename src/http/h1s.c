@@ -14,6 +14,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "core/access_log.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "core/stats.h"
@@ -53,6 +54,7 @@ struct h1s {
 
     enum h1s_req_body rq_kind;
     uint64_t rq_remaining, rq_bytes;
+    uint64_t resp_body_bytes;
     struct h1_chunked rq_chunked;
     bool rq_done, rq_paused;
 
@@ -176,12 +178,29 @@ static void enter_closing(struct h1s *c)
     update_watch(c);
 }
 
+static void write_access_log(struct h1s *c, int fd, int status, double duration)
+{
+    struct access_entry e = {.client_ip = c->client_ip, .status = status,
+                             .bytes_in = c->rq_bytes, .duration_s = duration};
+    if (c->st) {
+        e.method = c->st->req.method;
+        e.path = c->st->req.path;
+        e.request_id = c->st->req.request_id;
+        if (c->st->route) e.route = c->st->route->name;
+        if (c->st->cluster) e.cluster = c->st->cluster->name;
+        e.bytes_out = c->resp_body_bytes;
+    }
+    access_log_write(fd, &e);
+}
+
 static void record_response(struct h1s *c, int status)
 {
     struct worker_stats *ws = c->w->stats;
+    double duration = ev_now(c->w->loop) - c->req_start;
     if (status >= 100 && status < 600) STAT_INC(ws->downstream_responses[status]);
-    stats_hist_observe(&ws->downstream_duration,
-                       (uint64_t)((ev_now(c->w->loop) - c->req_start) * 1e6));
+    stats_hist_observe(&ws->downstream_duration, (uint64_t)(duration * 1e6));
+    int fd = c->w->cur->snap->access_log_fd;
+    if (fd >= 0) write_access_log(c, fd, status, duration);
 }
 
 /* An answer of umbra's own (errors, 404). `close` ends the connection after. */
@@ -335,6 +354,7 @@ static void start_request(struct h1s *c, const struct h1_request *r)
     struct worker *w = c->w;
     c->requests++;
     c->resp_started = false;
+    c->resp_body_bytes = 0;
     c->status = 0;
     c->client_10 = r->version_minor == 0;
     c->keep_alive = r->keep_alive && !c->draining && !w->draining &&
@@ -433,6 +453,7 @@ static void process_body(struct h1s *c)
             if (c->st) fwd_body(c->st, c->in.c, p, n);
             c->in.rpos += n;
             c->rq_remaining -= n;
+            c->rq_bytes += n;
             if (c->rq_remaining == 0) body_ended(c, NULL, 0);
         } else {
             size_t consumed = 0, dlen = 0;
@@ -540,6 +561,7 @@ void h1s_response_data(struct h1s *c, struct chunk *ch, const char *p, size_t n)
     if (c->rs_kind == RS_CHUNKED) bufq_printf(&c->out, "%zx\r\n", n);
     bufq_push(&c->out, ch, p, n);
     if (c->rs_kind == RS_CHUNKED) bufq_push_copy(&c->out, "\r\n", 2);
+    c->resp_body_bytes += n;
 }
 
 void h1s_flush_out(struct h1s *c)
