@@ -31,6 +31,8 @@ enum h1s_state {
     H1S_BODY,    /* the request body is being read and forwarded */
     H1S_WAIT,    /* the request was read whole; its response is awaited or written */
     H1S_CLOSING, /* flushing the last bytes, then close (bounded by a linger timer) */
+    H1S_LINGER,  /* answer sent, write side shut: discarding what the client still sends
+                  * (the rest of a body we refused) so a reset does not destroy the answer */
     H1S_CLOSED,  /* closed; freed at the next safe point */
 };
 
@@ -59,7 +61,7 @@ struct h1s {
     bool rq_done, rq_paused;
 
     enum h1s_resp_framing rs_kind;
-    bool resp_started, keep_alive, client_10, draining;
+    bool resp_started, keep_alive, client_10, draining, linger;
     int status;
     unsigned requests;
     ev_tstamp req_start;
@@ -156,6 +158,7 @@ static bool wants_read(const struct h1s *c)
     case H1S_HEAD:
     case H1S_IDLE: return true;
     case H1S_BODY: return !c->rq_paused;
+    case H1S_LINGER: return true;
     default: return false;
     }
 }
@@ -166,13 +169,28 @@ static void update_watch(struct h1s *c)
     watch(c, wants_read(c), c->out.bytes > 0);
 }
 
+/* All output is out: close, or linger if the client may still be sending. */
+static void finish_close(struct h1s *c)
+{
+    if (!c->linger) {
+        h1s_close(c);
+        return;
+    }
+    c->state = H1S_LINGER;
+    shutdown(c->fd, SHUT_WR);
+    update_watch(c);
+}
+
 static void enter_closing(struct h1s *c)
 {
+    /* Unread request bytes (a refused body, a request we answered early)
+     * would make the kernel reset the connection on close. */
+    c->linger = !c->rq_done || c->state == H1S_HEAD || c->state == H1S_BODY;
     c->state = H1S_CLOSING;
     detach_stream(c);
     set_timer(c, CLOSE_LINGER_S);
     if (c->out.bytes == 0) {
-        h1s_close(c);
+        finish_close(c);
         return;
     }
     update_watch(c);
@@ -661,15 +679,33 @@ static void h1s_flush(struct h1s *c)
         bufq_consume(&c->out, (size_t)w, NULL);
     }
     if (c->state == H1S_CLOSING && c->out.bytes == 0) {
-        h1s_close(c);
+        finish_close(c);
         return;
     }
     if (c->st && c->st->resp_paused && c->out.bytes <= FWD_LOW_WATER) fwd_resume_response(c->st);
     if (c->state != H1S_CLOSED) update_watch(c);
 }
 
+/* Reads and drops bytes until EOF, for H1S_LINGER. */
+static void discard_input(struct h1s *c)
+{
+    char scratch[16384];
+    for (int rounds = 0; rounds < 16; rounds++) {
+        ssize_t r = read(c->fd, scratch, sizeof scratch);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        if (r <= 0) {
+            h1s_close(c);
+            return;
+        }
+    }
+}
+
 static void h1s_read(struct h1s *c)
 {
+    if (c->state == H1S_LINGER) {
+        discard_input(c);
+        return;
+    }
     for (int rounds = 0; rounds < 4 && wants_read(c); rounds++) {
         size_t cap = c->limits.max_header_bytes + BUF_CHUNK_SIZE;
         size_t space = ibuf_prepare(&c->in, 4096, cap);
