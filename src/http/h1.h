@@ -69,6 +69,8 @@ enum h1_body_kind {
     H1_BODY_UNTIL_CLOSE, /* responses only: body ends when the peer closes */
 };
 
+/** Size limits for one head. A zero field, or a NULL pointer for the whole
+ *  struct, means the default: 64 KiB head, 8 KiB request-target. */
 struct h1_limits {
     size_t max_head_bytes;   /* whole head incl. start line and final CRLF; 431 past it */
     size_t max_target_bytes; /* request-target; 414 past it */
@@ -86,6 +88,7 @@ struct h1_parser {
     size_t part_start;
 };
 
+/** Zeroes p for a new message (same as `*p = (struct h1_parser){0}`). */
 void h1_parser_reset(struct h1_parser *p);
 
 struct h1_request {
