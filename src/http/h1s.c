@@ -507,8 +507,9 @@ static void parse_head(struct h1s *c)
         .max_target_bytes = c->limits.max_header_bytes < MAX_TARGET_BYTES ? c->limits.max_header_bytes
                                                                           : MAX_TARGET_BYTES,
     };
-    struct h1_request *r = malloc(sizeof *r);
-    if (!r) abort();
+    /* One scratch head per thread: start_request copies what outlives it. */
+    static _Thread_local struct h1_request scratch;
+    struct h1_request *r = &scratch;
     int rc = h1_parse_request(&c->parser, ibuf_data(&c->in), ibuf_len(&c->in), &lim, r);
     if (rc == H1_OK) {
         h1_parser_reset(&c->parser);
@@ -516,7 +517,6 @@ static void parse_head(struct h1s *c)
     } else if (rc < 0) {
         reject(c, h1_error_status(rc), h1_error_str(rc));
     }
-    free(r);
 }
 
 static void process_input(struct h1s *c)

@@ -302,13 +302,10 @@ static int parse_head(struct stream *s, struct h1_response *hr)
 
 static void start_response(struct stream *s)
 {
-    struct h1_response *hr = malloc(sizeof *hr);
-    if (!hr) abort();
-    int rc = parse_head(s, hr);
-    if (rc != 0) {
-        free(hr);
-        return;
-    }
+    /* One scratch head per thread: h1s copies the head before we return. */
+    static _Thread_local struct h1_response scratch;
+    struct h1_response *hr = &scratch;
+    if (parse_head(s, hr) != 0) return;
     struct upconn *u = s->up;
     s->replayable = false;
     bufq_clear(&s->replay);
@@ -324,7 +321,6 @@ static void start_response(struct stream *s)
     to_http_response(s, hr, &resp);
     if (resp.has_body && resp.length_known && resp.content_length == 0) s->rstate = FWD_RESP_DONE;
     h1s_response_head(s->ds, &resp);
-    free(hr);
     u->in.rpos += head_len;
 }
 
