@@ -76,9 +76,11 @@ void pool_retire(struct pool *p)
     pool_maybe_free(p);
 }
 
-static struct upconn *take_idle(struct pool *p)
+/* The most recently used idle connection to endpoint ep, if any. */
+static struct upconn *take_idle(struct pool *p, size_t ep)
 {
     struct upconn *u = p->idle;
+    while (u && u->endpoint != ep) u = u->idle_next;
     if (!u) return NULL;
     idle_unlink(u);
     ev_timer_stop(pool_loop(p), &u->timer);
@@ -89,14 +91,9 @@ static struct upconn *take_idle(struct pool *p)
     return u;
 }
 
-static struct upconn *open_conn(struct pool *p, enum upstream_error *err)
+static struct upconn *open_conn(struct pool *p, size_t ep, enum upstream_error *err)
 {
     const struct cfg_cluster *cl = p->cl;
-    if (cl->nendpoints == 0) {
-        *err = UPERR_NO_ENDPOINT;
-        return NULL;
-    }
-    size_t ep = p->rr++ % cl->nendpoints;
     const struct cfg_addr *a = &cl->endpoints[ep].addr;
     int fd = net_connect((const struct sockaddr *)&a->ss, a->len);
     if (fd < 0) {
@@ -125,7 +122,14 @@ static struct upconn *open_conn(struct pool *p, enum upstream_error *err)
 struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *owner, bool fresh,
                             enum upstream_error *err)
 {
-    struct upconn *u = fresh ? NULL : take_idle(p);
+    if (p->cl->nendpoints == 0) {
+        *err = UPERR_NO_ENDPOINT;
+        return NULL;
+    }
+    /* Round robin per request, then reuse a kept-alive connection to the
+     * chosen endpoint: reuse must not defeat the balancing. */
+    size_t ep = p->rr++ % p->cl->nendpoints;
+    struct upconn *u = fresh ? NULL : take_idle(p, ep);
     if (u) {
         STAT_INC(p->st->cx_reused);
     } else {
@@ -137,7 +141,7 @@ struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *
             }
             upconn_close(p->idle);
         }
-        u = open_conn(p, err);
+        u = open_conn(p, ep, err);
         if (!u) return NULL;
     }
     u->ops = ops;
