@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/net.h"
 #include "core/stats.h"
+#include "core/transport.h"
 #include "core/worker.h"
 #include "upstream/forward.h"
 
@@ -41,7 +42,7 @@ enum h1s_resp_framing { RS_NONE, RS_LENGTH, RS_CHUNKED, RS_CLOSE };
 
 struct h1s {
     struct worker *w;
-    int fd;
+    struct transport tr;
     ev_io io;
     ev_timer timer;
     size_t listener;
@@ -123,7 +124,7 @@ static void h1s_close(struct h1s *c)
     detach_stream(c);
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
-    close(c->fd);
+    transport_close(&c->tr);
     c->state = H1S_CLOSED;
     if (c->prev) c->prev->next = c->next;
     else w->conns = c->next;
@@ -148,7 +149,7 @@ static void watch(struct h1s *c, bool read, bool write)
     if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE)) == ev) return;
     ev_io_stop(c->w->loop, &c->io);
     if (!ev) return;
-    ev_io_set(&c->io, c->fd, ev);
+    ev_io_set(&c->io, c->tr.fd, ev);
     ev_io_start(c->w->loop, &c->io);
 }
 
@@ -166,7 +167,8 @@ static bool wants_read(const struct h1s *c)
 static void update_watch(struct h1s *c)
 {
     if (c->state == H1S_CLOSED) return;
-    watch(c, wants_read(c), c->out.bytes > 0);
+    watch(c, wants_read(c) || (c->tr.wants & TRANSPORT_WANT_READ),
+          c->out.bytes > 0 || (c->tr.wants & TRANSPORT_WANT_WRITE));
 }
 
 /* All output is out: close, or linger if the client may still be sending. */
@@ -177,7 +179,7 @@ static void finish_close(struct h1s *c)
         return;
     }
     c->state = H1S_LINGER;
-    shutdown(c->fd, SHUT_WR);
+    transport_shutdown(&c->tr);
     update_watch(c);
 }
 
@@ -668,10 +670,9 @@ static void h1s_flush(struct h1s *c)
     while (c->out.bytes) {
         struct iovec iov[IOV_MAX_BATCH];
         int n = bufq_iov(&c->out, iov, IOV_MAX_BATCH);
-        ssize_t w = writev(c->fd, iov, n);
+        ssize_t w = transport_writev(&c->tr, iov, n);
+        if (w == -EAGAIN) break;
         if (w < 0) {
-            if (errno == EAGAIN) break;
-            if (errno == EINTR) continue;
             h1s_close(c);
             return;
         }
@@ -691,8 +692,8 @@ static void discard_input(struct h1s *c)
 {
     char scratch[16384];
     for (int rounds = 0; rounds < 16; rounds++) {
-        ssize_t r = read(c->fd, scratch, sizeof scratch);
-        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        ssize_t r = transport_read(&c->tr, scratch, sizeof scratch);
+        if (r == -EAGAIN) return;
         if (r <= 0) {
             h1s_close(c);
             return;
@@ -713,10 +714,9 @@ static void h1s_read(struct h1s *c)
             process_input(c);
             return;
         }
-        ssize_t r = read(c->fd, c->in.c->data + c->in.wpos, space);
+        ssize_t r = transport_read(&c->tr, c->in.c->data + c->in.wpos, space);
+        if (r == -EAGAIN) break;
         if (r < 0) {
-            if (errno == EAGAIN) break;
-            if (errno == EINTR) continue;
             h1s_close(c);
             return;
         }
@@ -771,7 +771,7 @@ void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t li
     struct h1s *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->w = w;
-    c->fd = fd;
+    transport_plain(&c->tr, fd);
     c->listener = listener;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -273,10 +273,9 @@ static void mc_write(struct mcopy *mc)
     while (u->out.bytes) {
         struct iovec iov[IOV_MAX_BATCH];
         int n = bufq_iov(&u->out, iov, IOV_MAX_BATCH);
-        ssize_t w = writev(u->fd, iov, n);
+        ssize_t w = transport_writev(&u->tr, iov, n);
+        if (w == -EAGAIN) break;
         if (w < 0) {
-            if (errno == EAGAIN) break;
-            if (errno == EINTR) continue;
             mc_end(mc, MO_FAILED_RESET, true);
             return;
         }
@@ -378,10 +377,9 @@ static void mc_read(struct mcopy *mc)
             mc_end(mc, MO_FAILED_PROTOCOL, true);
             return;
         }
-        ssize_t r = read(u->fd, u->in.c->data + u->in.wpos, space);
+        ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
+        if (r == -EAGAIN) return;
         if (r < 0) {
-            if (errno == EAGAIN) return;
-            if (errno == EINTR) continue;
             mc_end(mc, MO_FAILED_RESET, true);
             return;
         }

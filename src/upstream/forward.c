@@ -206,10 +206,9 @@ static void up_flush(struct stream *s)
     while (u->out.bytes) {
         struct iovec iov[IOV_MAX_BATCH];
         int n = bufq_iov(&u->out, iov, IOV_MAX_BATCH);
-        ssize_t w = writev(u->fd, iov, n);
+        ssize_t w = transport_writev(&u->tr, iov, n);
+        if (w == -EAGAIN) break;
         if (w < 0) {
-            if (errno == EAGAIN) break;
-            if (errno == EINTR) continue;
             stream_fail(s, UPERR_RESET);
             return;
         }
@@ -414,10 +413,9 @@ static void up_read(struct stream *s)
             stream_fail(s, UPERR_PROTOCOL);
             return;
         }
-        ssize_t r = read(u->fd, u->in.c->data + u->in.wpos, space);
+        ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
+        if (r == -EAGAIN) return;
         if (r < 0) {
-            if (errno == EAGAIN) return;
-            if (errno == EINTR) continue;
             stream_fail(s, UPERR_RESET);
             return;
         }

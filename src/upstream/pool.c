@@ -59,7 +59,7 @@ static void upconn_close(struct upconn *u)
     if (u->state == UP_IDLE) idle_unlink(u);
     ev_io_stop(w->loop, &u->io);
     ev_timer_stop(w->loop, &u->timer);
-    close(u->fd);
+    transport_close(&u->tr);
     u->state = UP_CLOSED;
     u->ops = NULL;
     u->owner = NULL;
@@ -103,7 +103,7 @@ static struct upconn *open_conn(struct pool *p, size_t ep, enum upstream_error *
     struct upconn *u = calloc(1, sizeof *u);
     if (!u) abort();
     u->pool = p;
-    u->fd = fd;
+    transport_plain(&u->tr, fd);
     u->endpoint = ep;
     u->state = UP_CONNECTING;
     bufq_init(&u->out);
@@ -151,12 +151,14 @@ struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *
 
 void upconn_watch(struct upconn *u, bool read, bool write)
 {
+    read = read || (u->tr.wants & TRANSPORT_WANT_READ);
+    write = write || (u->tr.wants & TRANSPORT_WANT_WRITE);
     int ev = (read ? EV_READ : 0) | (write ? EV_WRITE : 0);
     struct ev_loop *loop = pool_loop(u->pool);
     if (ev_is_active(&u->io) && (u->io.events & (EV_READ | EV_WRITE)) == ev) return;
     ev_io_stop(loop, &u->io);
     if (!ev) return;
-    ev_io_set(&u->io, u->fd, ev);
+    ev_io_set(&u->io, u->tr.fd, ev);
     ev_io_start(loop, &u->io);
 }
 
@@ -183,7 +185,7 @@ void pool_release(struct upconn *u, bool keep)
     /* Watch reads: an idle connection that becomes readable was closed by the
      * peer (or sent junk); either way it must not be reused. */
     ev_io_stop(loop, &u->io);
-    ev_io_set(&u->io, u->fd, EV_READ);
+    ev_io_set(&u->io, u->tr.fd, EV_READ);
     ev_io_start(loop, &u->io);
     ev_timer_stop(loop, &u->timer);
     ev_timer_set(&u->timer, (double)p->cl->keepalive_idle_timeout_ms / 1000.0, 0.0);
@@ -195,7 +197,7 @@ static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct upconn *u = io->data;
     switch (u->state) {
     case UP_CONNECTING: {
-        int rc = net_connect_result(u->fd);
+        int rc = net_connect_result(u->tr.fd);
         ev_timer_stop(loop, &u->timer);
         const struct upconn_ops *ops = u->ops;
         void *owner = u->owner;

@@ -11,6 +11,7 @@
 #include "core/buf.h"
 #include "core/config.h"
 #include "core/stats.h"
+#include "core/transport.h"
 
 struct wsnap;
 
@@ -31,7 +32,7 @@ enum upconn_state {
 struct upconn {
     struct pool *pool;
     enum upconn_state state;
-    int fd;
+    struct transport tr;
     ev_io io;
     ev_timer timer;          /* connect or idle timeout (the stream times the response) */
     size_t endpoint;
