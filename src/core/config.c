@@ -948,6 +948,9 @@ static const struct cfg_opt limits_opts[] = {
     {.key = "idle_timeout", .parse = opt_duration, .offset = offsetof(struct cfg_limits, idle_timeout_ms)},
     {.key = "max_connections", .parse = opt_u32, .offset = offsetof(struct cfg_limits, max_connections), .min = 1, .max = UINT32_MAX},
     {.key = "max_requests_per_connection", .parse = opt_u32, .offset = offsetof(struct cfg_limits, max_requests_per_connection), .max = UINT32_MAX},
+    {.key = "min_body_rate", .parse = opt_size64, .offset = offsetof(struct cfg_limits, min_body_rate), .max = UINT64_MAX},
+    {.key = "send_timeout", .parse = opt_duration, .offset = offsetof(struct cfg_limits, send_timeout_ms)},
+    {.key = "connection_buffer", .parse = opt_size, .offset = offsetof(struct cfg_limits, connection_buffer), .min = 4096, .max = SIZE_MAX},
     {.key = NULL},
 };
 
@@ -964,6 +967,8 @@ static const struct cfg_limits default_limits = {
     .body_timeout_ms = 30000,
     .idle_timeout_ms = 60000,
     .max_connections = 10000,
+    .send_timeout_ms = 60000,
+    .connection_buffer = 64 << 10,
 };
 
 /* Reports `name` if an earlier entry of the same list has it. Entries are

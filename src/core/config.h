@@ -35,6 +35,9 @@ struct cfg_limits {
     uint64_t idle_timeout_ms;      /* default 60 s: keep-alive idle */
     uint32_t max_connections;      /* default 10000, per listener per process */
     uint32_t max_requests_per_connection; /* default 0 = unlimited */
+    uint64_t min_body_rate;        /* bytes/s a request body must average per window; 0 = off (default) */
+    uint64_t send_timeout_ms;      /* default 60 s: longest a response write may make no progress */
+    size_t connection_buffer;      /* default 64 KiB: bytes queued per direction before reading stops */
 };
 
 struct cfg_listener {

@@ -4,7 +4,9 @@
 #include "core/server.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -332,6 +334,35 @@ static void shutdown_all(void)
     runtime_reset();
 }
 
+static int count_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return 64;
+    int n = 0;
+    while (readdir(d)) n++;
+    closedir(d);
+    return n;
+}
+
+/* Raises the descriptor limit to its hard cap and sets how many clients it
+ * can carry: three descriptors each (client, primary, shadow), after those
+ * the process holds for itself (listeners, admin, logs). */
+static void plan_descriptors(const struct config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    long own = count_open_fds() + (long)(cfg->nlisteners * (size_t)srv.nworkers) + 32;
+    long budget = ((long)rl.rlim_cur - own) / 3;
+    worker_client_budget = budget > 0 ? (unsigned)budget : 1;
+    log_info("server", "descriptor limit %lu: up to %u client connections", (unsigned long)rl.rlim_cur,
+             worker_client_budget);
+}
+
 int server_run(struct config *cfg, const char *config_path)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -344,6 +375,7 @@ int server_run(struct config *cfg, const char *config_path)
     if (srv.nworkers > STATS_MAX_WORKERS) srv.nworkers = STATS_MAX_WORKERS;
     atomic_store(&worker_drain_requested, false);
     atomic_store(&worker_force_close, false);
+    plan_descriptors(cfg);
 
     srv.admin_fd = open_admin(cfg);
     if (srv.admin_fd == -2) {

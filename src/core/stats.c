@@ -144,6 +144,8 @@ static void sum_worker(struct totals *t, const struct worker_stats *w)
     a->downstream_rejected += STAT_READ(w->downstream_rejected);
     a->downstream_bytes_in += STAT_READ(w->downstream_bytes_in);
     a->downstream_bytes_out += STAT_READ(w->downstream_bytes_out);
+    for (int k = 0; k < DTO_COUNT; k++) a->downstream_timeouts[k] += STAT_READ(w->downstream_timeouts[k]);
+    a->downstream_cx_fd_reserve += STAT_READ(w->downstream_cx_fd_reserve);
     for (int c = 0; c < 600; c++) a->downstream_responses[c] += STAT_READ(w->downstream_responses[c]);
     hist_add(&a->downstream_duration, &w->downstream_duration);
     uint64_t n = __atomic_load_n(&w->nclusters, __ATOMIC_ACQUIRE);
@@ -215,6 +217,17 @@ static void prom_downstream(struct strbuf *out, const struct worker_stats *a)
                   (unsigned long)a->downstream_cx_total, (unsigned long)a->downstream_cx_rejected,
                   (long)a->downstream_cx_active, (unsigned long)a->downstream_bytes_in,
                   (unsigned long)a->downstream_bytes_out);
+    static const char *const kinds[DTO_COUNT] = {"header", "body", "min_rate", "idle", "send"};
+    strbuf_puts(out, "# HELP umbra_downstream_timeouts_total Client connections timed out, by kind.\n"
+                     "# TYPE umbra_downstream_timeouts_total counter\n");
+    for (int k = 0; k < DTO_COUNT; k++)
+        strbuf_printf(out, "umbra_downstream_timeouts_total{kind=\"%s\"} %lu\n", kinds[k],
+                      (unsigned long)a->downstream_timeouts[k]);
+    strbuf_printf(out, "# HELP umbra_downstream_connections_fd_reserve_total Client connections "
+                       "refused to keep file descriptors for upstream connects.\n"
+                       "# TYPE umbra_downstream_connections_fd_reserve_total counter\n"
+                       "umbra_downstream_connections_fd_reserve_total %lu\n",
+                  (unsigned long)a->downstream_cx_fd_reserve);
     strbuf_puts(out, "# HELP umbra_downstream_responses_total Responses sent to clients, by status.\n"
                      "# TYPE umbra_downstream_responses_total counter\n");
     for (int c = 100; c < 600; c++)

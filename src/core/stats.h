@@ -82,6 +82,16 @@ struct stats_cluster {
     struct stats_hist latency;  /* request start to response end */
 };
 
+/** Why umbra timed a client out; label `kind` in metrics. */
+enum downstream_timeout {
+    DTO_HEADER,   /* header_timeout: the head did not arrive in time (408) */
+    DTO_BODY,     /* body_timeout: a pause in the body (408) */
+    DTO_MIN_RATE, /* min_body_rate: the body came too slowly (408) */
+    DTO_IDLE,     /* idle_timeout on a kept-alive connection (closed) */
+    DTO_SEND,     /* send_timeout: the client stopped reading its response (closed) */
+    DTO_COUNT
+};
+
 struct worker_stats {
     int id;
     uint64_t downstream_cx_total;
@@ -91,6 +101,8 @@ struct worker_stats {
     uint64_t downstream_rejected;    /* answered 4xx/5xx by umbra's parser */
     uint64_t downstream_responses[600];
     uint64_t downstream_bytes_in, downstream_bytes_out;
+    uint64_t downstream_timeouts[DTO_COUNT];
+    uint64_t downstream_cx_fd_reserve; /* refused to keep descriptors for upstreams */
     struct stats_hist downstream_duration;
     uint64_t nclusters;             /* published with release */
     struct stats_cluster clusters[STATS_MAX_CLUSTERS];

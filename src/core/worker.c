@@ -24,6 +24,8 @@ _Atomic(struct snapshot *) worker_current_snapshot;
 atomic_bool worker_drain_requested;
 atomic_bool worker_force_close;
 atomic_uint worker_listener_conns[256];
+atomic_uint worker_clients_total;
+unsigned worker_client_budget = UINT32_MAX;
 
 static struct log_ratelimit rl_accept;
 
@@ -239,8 +241,18 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             ev_timer_start(loop, &pause);
             return;
         }
+        /* Each client may cost three descriptors (client, primary, shadow):
+         * refuse it while that could starve upstream connects of fds. */
+        if (atomic_fetch_add(&worker_clients_total, 1) >= worker_client_budget) {
+            atomic_fetch_sub(&worker_clients_total, 1);
+            STAT_INC(w->stats->downstream_cx_fd_reserve);
+            log_ratelimited(&rl_accept, LOG_WARN, "worker", "file descriptors low: refusing clients");
+            reject_connection(w, fd);
+            continue;
+        }
         if (atomic_fetch_add(&worker_listener_conns[l], 1) >= max) {
             atomic_fetch_sub(&worker_listener_conns[l], 1);
+            atomic_fetch_sub(&worker_clients_total, 1);
             reject_connection(w, fd);
             continue;
         }

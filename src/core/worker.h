@@ -81,6 +81,10 @@ extern atomic_bool worker_drain_requested;
 extern atomic_bool worker_force_close;
 /** Process-wide open client connections per listener index (max_connections). */
 extern atomic_uint worker_listener_conns[];
+/** Process-wide open client connections, and how many file descriptors allow
+ *  (set by server.c from RLIMIT_NOFILE, keeping three per client). */
+extern atomic_uint worker_clients_total;
+extern unsigned worker_client_budget;
 
 /** Creates worker `id`'s loop and state (main thread). */
 struct worker *worker_new(int id, struct worker_stats *stats);

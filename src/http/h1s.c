@@ -24,6 +24,7 @@
 
 #define MAX_TARGET_BYTES 8192
 #define CLOSE_LINGER_S 5.0
+#define RATE_WINDOW_S 5.0 /* min_body_rate is averaged over windows this long */
 #define IOV_MAX_BATCH 64
 
 enum h1s_state {
@@ -44,7 +45,10 @@ struct h1s {
     struct worker *w;
     struct transport tr;
     ev_io io;
-    ev_timer timer;
+    ev_timer timer;      /* the state's deadline: header, body gap, idle, linger */
+    ev_timer send_timer; /* send_timeout: restarted whenever a write makes progress */
+    ev_timer rate_timer; /* min_body_rate: one check per RATE_WINDOW_S */
+    uint64_t rate_bytes; /* body bytes in the current rate window */
     size_t listener;
     struct cfg_limits limits;
     char client_ip[48];
@@ -74,6 +78,8 @@ static struct log_ratelimit rl_reject;
 
 static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void send_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void rate_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void h1s_flush(struct h1s *c);
 static void h1s_read(struct h1s *c);
 static void process_input(struct h1s *c);
@@ -124,12 +130,15 @@ static void h1s_close(struct h1s *c)
     detach_stream(c);
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
+    ev_timer_stop(w->loop, &c->send_timer);
+    ev_timer_stop(w->loop, &c->rate_timer);
     transport_close(&c->tr);
     c->state = H1S_CLOSED;
     if (c->prev) c->prev->next = c->next;
     else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     atomic_fetch_sub(&worker_listener_conns[c->listener], 1);
+    atomic_fetch_sub(&worker_clients_total, 1);
     STAT_DEC(w->stats->downstream_cx_active);
     worker_defer_free(w, h1s_free, c);
     worker_conn_closed(w);
@@ -396,7 +405,7 @@ static void start_request(struct h1s *c, const struct h1_request *r)
         reject(c, 501, "CONNECT is not supported");
         return;
     }
-    struct stream *s = stream_new(w, c);
+    struct stream *s = stream_new(w, c, c->limits.connection_buffer);
     c->st = s;
     int rc = build_request(c, s, r);
     if (rc) {
@@ -434,6 +443,10 @@ static void start_request(struct h1s *c, const struct h1_request *r)
         ev_timer_stop(w->loop, &c->timer);
     } else {
         set_timer(c, (double)c->limits.body_timeout_ms / 1000.0);
+        if (c->limits.min_body_rate) {
+            c->rate_bytes = 0;
+            ev_timer_again(w->loop, &c->rate_timer);
+        }
     }
 }
 
@@ -450,6 +463,7 @@ static void body_error(struct h1s *c, int status, const char *why)
 static void body_ended(struct h1s *c, const http_field *trailers, size_t n)
 {
     c->rq_done = true;
+    ev_timer_stop(c->w->loop, &c->rate_timer);
     if (c->state == H1S_BODY) {
         c->state = H1S_WAIT;
         ev_timer_stop(c->w->loop, &c->timer);
@@ -667,6 +681,7 @@ void h1s_resume_body(struct h1s *c)
 
 static void h1s_flush(struct h1s *c)
 {
+    bool progress = false;
     while (c->out.bytes) {
         struct iovec iov[IOV_MAX_BATCH];
         int n = bufq_iov(&c->out, iov, IOV_MAX_BATCH);
@@ -678,12 +693,18 @@ static void h1s_flush(struct h1s *c)
         }
         STAT_ADD(c->w->stats->downstream_bytes_out, (uint64_t)w);
         bufq_consume(&c->out, (size_t)w, NULL);
+        progress = true;
     }
+    if (c->out.bytes == 0)
+        ev_timer_stop(c->w->loop, &c->send_timer);
+    else if (progress || !ev_is_active(&c->send_timer))
+        ev_timer_again(c->w->loop, &c->send_timer);
     if (c->state == H1S_CLOSING && c->out.bytes == 0) {
         finish_close(c);
         return;
     }
-    if (c->st && c->st->resp_paused && c->out.bytes <= FWD_LOW_WATER) fwd_resume_response(c->st);
+    if (c->st && c->st->resp_paused && c->out.bytes <= c->limits.connection_buffer / 4)
+        fwd_resume_response(c->st);
     if (c->state != H1S_CLOSED) update_watch(c);
 }
 
@@ -727,8 +748,10 @@ static void h1s_read(struct h1s *c)
         }
         c->in.wpos += (size_t)r;
         STAT_ADD(c->w->stats->downstream_bytes_in, (uint64_t)r);
-        if (c->state == H1S_BODY && !c->rq_paused)
+        if (c->state == H1S_BODY && !c->rq_paused) {
             set_timer(c, (double)c->limits.body_timeout_ms / 1000.0);
+            c->rate_bytes += (uint64_t)r;
+        }
         process_input(c);
         if (c->state == H1S_CLOSED || (size_t)r < space) break;
     }
@@ -745,16 +768,48 @@ static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct h1s *c = t->data;
+    struct worker_stats *ws = c->w->stats;
     switch (c->state) {
     case H1S_HEAD:
+        STAT_INC(ws->downstream_timeouts[DTO_HEADER]);
         reject(c, 408, "header timeout");
         break;
     case H1S_BODY:
+        STAT_INC(ws->downstream_timeouts[DTO_BODY]);
         body_error(c, 408, "body timeout");
+        break;
+    case H1S_IDLE:
+        STAT_INC(ws->downstream_timeouts[DTO_IDLE]);
+        h1s_close(c);
         break;
     default:
         h1s_close(c);
         break;
+    }
+}
+
+static void send_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h1s *c = t->data;
+    STAT_INC(c->w->stats->downstream_timeouts[DTO_SEND]);
+    log_ratelimited(&rl_reject, LOG_WARN, "http", "client %s: not reading its response for %.1fs: closed",
+                    c->client_ip, (double)c->limits.send_timeout_ms / 1000.0);
+    h1s_close(c);
+}
+
+static void rate_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h1s *c = t->data;
+    if (c->state != H1S_BODY) {
+        ev_timer_stop(loop, t);
+        return;
+    }
+    uint64_t need = (uint64_t)((double)c->limits.min_body_rate * RATE_WINDOW_S);
+    bool slow = !c->rq_paused && c->rate_bytes < need; /* our own backpressure is not the client's fault */
+    c->rate_bytes = 0;
+    if (slow) {
+        STAT_INC(c->w->stats->downstream_timeouts[DTO_MIN_RATE]);
+        body_error(c, 408, "body slower than min_body_rate");
     }
 }
 
@@ -783,6 +838,10 @@ void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t li
     c->io.data = c;
     ev_timer_init(&c->timer, h1s_timer_cb, 0.0, 0.0);
     c->timer.data = c;
+    ev_timer_init(&c->send_timer, send_timer_cb, 0.0, (double)c->limits.send_timeout_ms / 1000.0);
+    c->send_timer.data = c;
+    ev_timer_init(&c->rate_timer, rate_timer_cb, 0.0, RATE_WINDOW_S);
+    c->rate_timer.data = c;
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
     w->conns = c;

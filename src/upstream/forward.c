@@ -36,12 +36,13 @@ static void up_io(void *owner, int revents);
 
 static const struct upconn_ops primary_ops = {up_connected, up_failed, up_io};
 
-struct stream *stream_new(struct worker *w, struct h1s *ds)
+struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water)
 {
     struct stream *s = calloc(1, sizeof *s);
     if (!s) abort();
     s->w = w;
     s->ds = ds;
+    s->high_water = high_water;
     s->ws = w->cur;
     wsnap_stream_begin(s->ws);
     bufq_init(&s->replay);
@@ -183,7 +184,7 @@ void fwd_flush(struct stream *s)
 
 bool fwd_body_blocked(const struct stream *s)
 {
-    return s->up && s->up->out.bytes > FWD_HIGH_WATER;
+    return s->up && s->up->out.bytes > s->high_water;
 }
 
 static void up_connected(void *owner)
@@ -219,7 +220,7 @@ static void up_flush(struct stream *s)
         }
     }
     upconn_watch(u, !s->resp_paused, u->out.bytes > 0);
-    if (s->ds && u->out.bytes <= FWD_LOW_WATER) h1s_resume_body(s->ds);
+    if (s->ds && u->out.bytes <= s->high_water / 4) h1s_resume_body(s->ds);
 }
 
 static void fwd_response_done(struct stream *s)
@@ -385,7 +386,7 @@ static void process_input(struct stream *s)
     if (!relay_body(s)) return;
     h1s_flush_out(s->ds);
     if (!s->up || !s->ds) return;
-    if (h1s_out_bytes(s->ds) > FWD_HIGH_WATER) {
+    if (h1s_out_bytes(s->ds) > s->high_water) {
         s->resp_paused = true;
         upconn_watch(s->up, false, s->up->out.bytes > 0);
     }

@@ -22,10 +22,9 @@ struct wsnap;
 struct pool;
 struct stats_cluster;
 
-/* Queue bounds per direction: above HIGH the producer stops reading, below
- * LOW it resumes. They bound what one connection pair holds in memory. */
-#define FWD_HIGH_WATER (64 * 1024)
-#define FWD_LOW_WATER (16 * 1024)
+/* Queue bounds per direction come from the listener's connection_buffer:
+ * above it the producer stops reading, below a quarter of it it resumes. They
+ * bound what one connection pair holds in memory. */
 
 enum fwd_resp_state {
     FWD_RESP_HEAD,    /* waiting for the response head (1xx skipped) */
@@ -50,6 +49,7 @@ struct stream {
     char *xff_joined;              /* owned: several X-Forwarded-For fields joined */
     struct chunk *head_chunk;      /* holds the bytes req points into (one reference) */
 
+    size_t high_water;             /* the listener's connection_buffer */
     struct upconn *up;
     struct mcopy *copies;          /* mirror copies still fed by this stream */
     struct bufq replay;            /* bytes sent on a reused connection, until the response starts */
@@ -73,7 +73,7 @@ struct stream {
 
 /** A new stream on the worker's current snapshot for downstream ds. The
  *  caller fills s->req (and s->fields, s->head_chunk) then calls fwd_start. */
-struct stream *stream_new(struct worker *w, struct h1s *ds);
+struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water);
 /** Frees the stream (deferred-safe: call via worker_defer_free or at a safe
  *  point); closes an upstream connection still attached. */
 void stream_free(void *s);
