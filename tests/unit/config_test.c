@@ -326,7 +326,8 @@ static void test_unknown_keys(void **state)
     expect_errors(CLUSTERS ROUTES "listeners:\n  - name: l\n    listen: 127.0.0.1:0\n    limits: {zzz: 1}\n",
                   "t.yaml:6:14: listener \"l\": limits: unknown key \"zzz\" (valid keys: "
                   "max_header_bytes, max_body_bytes, header_timeout, body_timeout, idle_timeout, "
-                  "max_connections, max_requests_per_connection)\n");
+                  "max_connections, max_requests_per_connection, min_body_rate, send_timeout, "
+                  "connection_buffer)\n");
     expect_errors(LISTENERS CLUSTERS ROUTES "workers: 2\nworkers: 3\n",
                   "t.yaml:5:1: duplicate key \"workers\" (first at line 4)\n");
 }
