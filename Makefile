@@ -8,7 +8,7 @@
 #   make clean
 
 CC      ?= gcc
-PKGS    := yaml-0.1 libpcre2-8 jansson libssl libcrypto libnghttp2
+PKGS    := yaml-0.1 libpcre2-8 jansson libssl libcrypto libnghttp2 zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm
 

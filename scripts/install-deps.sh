@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(
   build-essential pkg-config clang libclang-rt-14-dev
   libev-dev libyaml-dev libpcre2-dev libjansson-dev libssl-dev libnghttp2-dev
-  libcmocka-dev
-  python3 python3-pytest curl nghttp2-client wrk
+  libcmocka-dev zlib1g-dev
+  python3 python3-pytest curl nghttp2-client wrk slowhttptest
   nginx haproxy openssl procps util-linux
 )
 
