@@ -34,7 +34,7 @@ FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
 PYTEST      := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run check unit integration bench fuzz fuzz-build deps clean asan
+.PHONY: all run check unit integration bench fuzz fuzz-build fuzz-replay deps clean asan
 
 all: build/umbra
 
@@ -79,6 +79,7 @@ integration: build/asan/umbra
 
 check: deps
 	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz-replay
 	@$(MAKE) --no-print-directory integration
 
 bench: deps
@@ -87,10 +88,20 @@ bench: deps
 
 fuzz-build: $(FUZZ_BINS)
 
-build/fuzz/%: fuzz/%.c $(LIB_SRCS)
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -Isrc -g -O1 $(PKG_CFLAGS) -MMD -MP
+FUZZ_LIB := build/fuzz/libumbra.a
+
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang -std=c17 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
-	  $(PKG_CFLAGS) -o $@ $< $(LIB_SRCS) $(PKG_LIBS)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+
+$(FUZZ_LIB): $(LIB_SRCS:%.c=build/fuzz/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+
+build/fuzz/%: fuzz/%.c $(FUZZ_LIB)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB) $(PKG_LIBS)
 
 fuzz: deps
 	@$(MAKE) --no-print-directory fuzz-build
@@ -101,7 +112,15 @@ fuzz: deps
 	  $$f -max_total_time=$(FUZZ_SECONDS) $$dict build/fuzz/corpus/$$n fuzz/corpus/$$n || exit 1; \
 	done
 
+# Every committed corpus input once, under ASan/UBSan: a regression test.
+fuzz-replay: fuzz-build
+	@for f in $(FUZZ_BINS); do \
+	  n=$$(basename $$f); \
+	  $$f -runs=0 fuzz/corpus/$$n >build/fuzz/$$n.replay.log 2>&1 || { cat build/fuzz/$$n.replay.log; exit 1; }; \
+	  echo "fuzz-replay $$n: $$(ls fuzz/corpus/$$n | wc -l) inputs, no finding"; \
+	done
+
 clean:
 	rm -rf build
 
--include $(REL_OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
+-include $(REL_OBJS:.o=.d) $(ASAN_OBJS:.o=.d) $(LIB_SRCS:%.c=build/fuzz/obj/%.d)
