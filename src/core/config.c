@@ -1,10 +1,15 @@
 /* config — reads the YAML configuration (libyaml's document API) into struct
  * config and checks all of it, reporting every problem as PATH:LINE:COLUMN.
  * Each mapping kind is a table of {key, parser, offset}: a new option is a row.
- * It opens no sockets and no files other than the configuration itself. */
+ * It opens no sockets; besides the configuration it reads only the TLS files
+ * it names, to check that they parse (src/tls builds contexts from them later). */
 #include "core/config.h"
 
 #include "core/log.h"
+#include "mirror/detect.h"
+#include "mirror/jsonpath.h"
+#include "mirror/scrub.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -279,7 +284,8 @@ static uint64_t duration_frac(uint64_t frac, size_t nfrac, uint64_t unit_us)
     return (frac * unit_us + scale - 1) / scale;
 }
 
-static int duration_parse(const char *s, uint64_t *out_ms, char *why, size_t wn)
+/* In microseconds: scrub budgets are finer than a millisecond. */
+static int duration_parse_us(const char *s, uint64_t *out_us, char *why, size_t wn)
 {
     const char *p = s;
     uint64_t ip, frac = 0, unit_us = 1, total;
@@ -294,7 +300,7 @@ static int duration_parse(const char *s, uint64_t *out_ms, char *why, size_t wn)
         if (nfrac == 0 || nfrac > 9) return fail(why, wn, "expected 1 to 9 digits after \".\"");
     }
     if (strcmp(s, "0") == 0) {
-        *out_ms = 0;
+        *out_us = 0;
         return 0;
     }
     char num[32];
@@ -303,7 +309,15 @@ static int duration_parse(const char *s, uint64_t *out_ms, char *why, size_t wn)
     if (over || __builtin_mul_overflow(ip, unit_us, &total) ||
         __builtin_add_overflow(total, duration_frac(frac, nfrac, unit_us), &total))
         return fail(why, wn, "too large");
-    *out_ms = total / 1000 + (total % 1000 != 0);
+    *out_us = total;
+    return 0;
+}
+
+static int duration_parse(const char *s, uint64_t *out_ms, char *why, size_t wn)
+{
+    uint64_t us;
+    if (duration_parse_us(s, &us, why, wn) < 0) return -1;
+    *out_ms = us / 1000 + (us % 1000 != 0);
     return 0;
 }
 
@@ -938,6 +952,244 @@ static int opt_mapping(struct loader *ld, yaml_node_t *n, void *field, const str
     return 0;
 }
 
+/* ---- tls (listeners[].tls, clusters[].tls) ------------------------------ */
+
+static bool reserved_header(const char *lower);
+
+/* A TLS file: kept only when `check` (src/tls) accepts what it holds. */
+static int tls_file(struct loader *ld, yaml_node_t *n, void *field,
+                    int (*check)(const char *, char *, size_t))
+{
+    char why[320];
+    const char *s = scalar(ld, n, "a file path");
+    if (!s) return -1;
+    if (!*s) {
+        err(ld, n, "expected a file path, got an empty string");
+        return -1;
+    }
+    if (check(s, why, sizeof why) < 0) {
+        err(ld, n, "%s: %s", q(ld, s), why);
+        return -1;
+    }
+    replace_str(field, s);
+    return 0;
+}
+
+static int opt_tls_cert(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    return tls_file(ld, n, field, tls_check_cert_file);
+}
+
+static int opt_tls_key(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    return tls_file(ld, n, field, tls_check_key_file);
+}
+
+static int opt_tls_ca(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    return tls_file(ld, n, field, tls_check_ca_file);
+}
+
+static int opt_tls_flag(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    const char *s = scalar(ld, n, "true or false");
+    if (!s) return -1;
+    if (parse_bool(s, field) < 0) {
+        err(ld, n, "expected true or false, got %s", q(ld, s));
+        return -1;
+    }
+    return 0;
+}
+
+static int opt_tls_version(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    const char *s = scalar(ld, n, "a TLS version");
+    if (!s) return -1;
+    if (!strcmp(s, "TLSv1.2")) *(int *)field = CFG_TLS_1_2;
+    else if (!strcmp(s, "TLSv1.3")) *(int *)field = CFG_TLS_1_3;
+    else {
+        err(ld, n, "unsupported TLS version %s (use TLSv1.2 or TLSv1.3)", q(ld, s));
+        return -1;
+    }
+    return 0;
+}
+
+static int opt_alpn(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_listener_tls *t = field;
+    size_t len;
+    if (seq_begin(ld, n, "empty list (leave alpn out for [http/1.1])", &len) < 0) return -1;
+    t->alpn = xcalloc(len, sizeof *t->alpn);
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_t *item = seq_item(ld, n, i);
+        size_t klen = key_push_index(ld, i);
+        const char *s = scalar(ld, item, "a protocol name");
+        if (s && !strcmp(s, "http/1.1")) t->alpn[t->nalpn++] = xstrdup(s);
+        else if (s && !strcmp(s, "h2")) err(ld, item, "h2 is not supported yet; use http/1.1");
+        else if (s) err(ld, item, "unknown protocol %s (supported: http/1.1)", q(ld, s));
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+static int opt_subject_header(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    const char *s = scalar(ld, n, "a header name");
+    if (!s) return -1;
+    char *name = xstrdup(s);
+    lowercase(name);
+    if (!is_token(name)) {
+        err(ld, n, "bad header name %s: not an HTTP token", q(ld, s));
+    } else if (reserved_header(name) || !strcmp(name, "x-forwarded-for") ||
+               !strcmp(name, "x-forwarded-proto") || !strcmp(name, "x-request-id")) {
+        err(ld, n, "header %s is managed by umbra and cannot carry the client subject", q(ld, name));
+    } else {
+        free(*(char **)field);
+        *(char **)field = name;
+        return 0;
+    }
+    free(name);
+    return -1;
+}
+
+static int opt_sni(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    unsigned char addr[4];
+    const char *s = scalar(ld, n, "a server name");
+    if (!s) return -1;
+    bool ok = *s && strlen(s) < 254;
+    for (const char *p = s; *p && ok; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             *p == '-' || *p == '.';
+    if (!ok) {
+        err(ld, n, "bad server name %s: use letters, digits, \"-\" and \".\"", q(ld, s));
+        return -1;
+    }
+    if (inet_pton(AF_INET, s, addr) == 1) {
+        err(ld, n, "%s is an address; SNI carries DNS names only (leave sni out to verify an IP)", q(ld, s));
+        return -1;
+    }
+    replace_str(field, s);
+    lowercase(*(char **)field);
+    return 0;
+}
+
+/* The key must belong to the certificate; reported at the key. */
+static void tls_check_pair(struct loader *ld, yaml_node_t *map, const char *cert, const char *key)
+{
+    char why[400];
+    if (!cert || !key || tls_check_key_pair(cert, key, why, sizeof why) == 0) return;
+    yaml_node_t *k = find_key(ld, map, "key");
+    size_t len = key_push(ld, "key");
+    err(ld, k ? k : map, "%s", why);
+    key_pop(ld, len);
+}
+
+static const struct cfg_opt tls_cert_opts[] = {
+    {.key = "cert", .parse = opt_tls_cert, .offset = offsetof(struct cfg_tls_cert, cert), .flags = OPT_REQUIRED},
+    {.key = "key", .parse = opt_tls_key, .offset = offsetof(struct cfg_tls_cert, key), .flags = OPT_REQUIRED},
+    {.key = NULL},
+};
+
+static int opt_tls_certificates(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_listener_tls *t = field;
+    size_t len;
+    if (seq_begin(ld, n, "no certificates (the list is empty)", &len) < 0) return -1;
+    t->certificates = xcalloc(len, sizeof *t->certificates);
+    t->ncertificates = len;
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_t *item = seq_item(ld, n, i);
+        size_t klen = key_push_index(ld, i);
+        parse_mapping(ld, item, tls_cert_opts, &t->certificates[i]);
+        tls_check_pair(ld, item, t->certificates[i].cert, t->certificates[i].key);
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+static const struct cfg_opt listener_tls_opts[] = {
+    {.key = "certificates", .parse = opt_tls_certificates, .flags = OPT_REQUIRED},
+    {.key = "alpn", .parse = opt_alpn},
+    {.key = "min_version", .parse = opt_tls_version, .offset = offsetof(struct cfg_listener_tls, min_version)},
+    {.key = "client_ca", .parse = opt_tls_ca, .offset = offsetof(struct cfg_listener_tls, client_ca)},
+    {.key = "client_subject_header", .parse = opt_subject_header, .offset = offsetof(struct cfg_listener_tls, client_subject_header)},
+    {.key = "ktls", .parse = opt_tls_flag, .offset = offsetof(struct cfg_listener_tls, ktls)},
+    {.key = NULL},
+};
+
+static int opt_listener_tls(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_listener_tls *t = field;
+    t->enabled = true;
+    t->min_version = CFG_TLS_1_2;
+    parse_mapping(ld, n, listener_tls_opts, t);
+    yaml_node_t *h = find_key(ld, n, "client_subject_header");
+    if (h && t->client_subject_header && !t->client_ca && !find_key(ld, n, "client_ca")) {
+        size_t len = key_push(ld, "client_subject_header");
+        err(ld, h, "needs client_ca (without client certificates there is no subject to pass)");
+        key_pop(ld, len);
+    }
+    return 0;
+}
+
+static const struct cfg_opt cluster_tls_opts[] = {
+    {.key = "ca", .parse = opt_tls_ca, .offset = offsetof(struct cfg_cluster_tls, ca)},
+    {.key = "sni", .parse = opt_sni, .offset = offsetof(struct cfg_cluster_tls, sni)},
+    {.key = "cert", .parse = opt_tls_cert, .offset = offsetof(struct cfg_cluster_tls, cert)},
+    {.key = "key", .parse = opt_tls_key, .offset = offsetof(struct cfg_cluster_tls, key)},
+    {.key = "verify", .parse = opt_tls_flag, .offset = offsetof(struct cfg_cluster_tls, verify)},
+    {.key = "min_version", .parse = opt_tls_version, .offset = offsetof(struct cfg_cluster_tls, min_version)},
+    {.key = "ktls", .parse = opt_tls_flag, .offset = offsetof(struct cfg_cluster_tls, ktls)},
+    {.key = NULL},
+};
+
+/* `tls: {...}`, or `tls: true` for the defaults (system CAs, verification on). */
+static int opt_cluster_tls(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_cluster_tls *t = field;
+    bool on;
+    t->verify = true;
+    t->min_version = CFG_TLS_1_2;
+    if (n->type == YAML_SCALAR_NODE && parse_bool((const char *)n->data.scalar.value, &on) == 0) {
+        t->enabled = on;
+        return 0;
+    }
+    t->enabled = true;
+    parse_mapping(ld, n, cluster_tls_opts, t);
+    yaml_node_t *cert = find_key(ld, n, "cert"), *key = find_key(ld, n, "key");
+    if (!cert != !key) {
+        size_t len = key_push(ld, cert ? "cert" : "key");
+        err(ld, cert ? cert : key, "%s", cert ? "cert needs key (a client certificate needs both)"
+                                              : "key needs cert (a client certificate needs both)");
+        key_pop(ld, len);
+    } else {
+        tls_check_pair(ld, n, t->cert, t->key);
+    }
+    return 0;
+}
+
+static void listener_tls_free(struct cfg_listener_tls *t)
+{
+    for (size_t i = 0; i < t->ncertificates; i++) {
+        free(t->certificates[i].cert);
+        free(t->certificates[i].key);
+    }
+    free(t->certificates);
+    for (size_t i = 0; i < t->nalpn; i++) free(t->alpn[i]);
+    free(t->alpn);
+    free(t->client_ca);
+    free(t->client_subject_header);
+}
+
+static void cluster_tls_free(struct cfg_cluster_tls *t)
+{
+    free(t->ca);
+    free(t->sni);
+    free(t->cert);
+    free(t->key);
+}
+
 /* ---- listeners --------------------------------------------------------- */
 
 static const struct cfg_opt limits_opts[] = {
@@ -958,6 +1210,7 @@ static const struct cfg_opt listener_opts[] = {
     {.key = "name", .parse = opt_name, .offset = offsetof(struct cfg_listener, name), .flags = OPT_REQUIRED},
     {.key = "listen", .parse = opt_addr, .offset = offsetof(struct cfg_listener, listen), .flags = OPT_REQUIRED},
     {.key = "limits", .parse = opt_mapping, .offset = offsetof(struct cfg_listener, limits), .sub = limits_opts},
+    {.key = "tls", .parse = opt_listener_tls, .offset = offsetof(struct cfg_listener, tls)},
     {.key = NULL},
 };
 
@@ -1079,6 +1332,7 @@ static const struct cfg_opt cluster_opts[] = {
     {.key = "keepalive", .parse = opt_mapping, .offset = 0, .sub = keepalive_opts},
     {.key = "max_pending", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, max_pending), .max = UINT32_MAX},
     {.key = "circuit_breaker", .parse = opt_mapping, .offset = offsetof(struct cfg_cluster, circuit_breaker), .sub = breaker_opts},
+    {.key = "tls", .parse = opt_cluster_tls, .offset = offsetof(struct cfg_cluster, tls)},
     {.key = NULL},
 };
 
@@ -1403,6 +1657,624 @@ static int opt_remove_headers(struct loader *ld, yaml_node_t *n, void *field,
     return 0;
 }
 
+/* ---- routes: mirror selection (match, sample_by) ------------------------ */
+
+/* An error at `off` bytes into node n's text when the scalar is on one line
+ * without escapes (so the column is exact), else at the node. */
+static __attribute__((format(printf, 4, 5))) void err_in(struct loader *ld, const yaml_node_t *n,
+                                                         size_t off, const char *fmt, ...)
+{
+    yaml_mark_t m = n->start_mark;
+    size_t quotes = n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ? 0 : 1;
+    if (n->end_mark.line == m.line && n->end_mark.column - m.column == n->data.scalar.length + 2 * quotes)
+        m.column += quotes + off;
+    va_list ap;
+    va_start(ap, fmt);
+    verr(ld, &m, true, fmt, ap);
+    va_end(ap);
+}
+
+/* Compiles pattern `s`, which starts `off` bytes into node n's text. */
+static pcre2_code *compile_pattern(struct loader *ld, const yaml_node_t *n, const char *s, size_t off)
+{
+    int code;
+    PCRE2_SIZE at;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0, &code, &at, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        if (pcre2_get_error_message(code, msg, sizeof msg) < 0) strcpy((char *)msg, "unknown error");
+        err_in(ld, n, off + (size_t)at, "invalid regex %s: %s at offset %zu", q(ld, s),
+               (const char *)msg, (size_t)at);
+        return NULL;
+    }
+    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* an optimization, as for routes */
+    return re;
+}
+
+/* Fields a request head does not carry as such (framing, hop-by-hop, the ones
+ * umbra rebuilds): a rule or sampling key on them could never see a value. */
+static bool unmatchable_header(const char *lower)
+{
+    static const char *const names[] = {
+        "host", "content-length", "transfer-encoding", "connection", "keep-alive",
+        "proxy-connection", "te", "upgrade", "expect", "x-forwarded-for", "x-forwarded-proto",
+        "x-request-id",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(lower, names[i])) return true;
+    return false;
+}
+
+/* A lowercase header name that requests carry as a field, or NULL. */
+static char *field_name(struct loader *ld, const yaml_node_t *n)
+{
+    const char *s = scalar(ld, n, "a header name");
+    if (!s) return NULL;
+    if (!is_token(s)) {
+        err(ld, n, "bad header name %s: not an HTTP token", q(ld, s));
+        return NULL;
+    }
+    char *name = xstrdup(s);
+    lowercase(name);
+    if (unmatchable_header(name)) {
+        err(ld, n, "header %s is handled by umbra itself and cannot be used here", q(ld, name));
+        free(name);
+        return NULL;
+    }
+    return name;
+}
+
+static char *cookie_name(struct loader *ld, const yaml_node_t *n)
+{
+    const char *s = scalar(ld, n, "a cookie name");
+    if (!s) return NULL;
+    if (!is_token(s)) {
+        err(ld, n, "bad cookie name %s: not an HTTP token", q(ld, s));
+        return NULL;
+    }
+    return xstrdup(s);
+}
+
+static int opt_mm_methods(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_mirror_match *mm = field;
+    struct cfg_match tmp = {.methods = NULL};
+    int rc = opt_methods(ld, n, &tmp, opt); /* same rules as a route's methods */
+    mm->methods = tmp.methods;
+    mm->nmethods = tmp.nmethods;
+    return rc;
+}
+
+static bool path_text_ok(const char *s)
+{
+    if (s[0] != '/') return false;
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || *s == 0x7f) return false;
+    return true;
+}
+
+static void exclude_path_parse(struct loader *ld, yaml_node_t *item, struct cfg_mirror_match *mm)
+{
+    struct cfg_path_rule *r = &mm->exclude_paths[mm->nexclude_paths];
+    const char *s = scalar(ld, item, "a path prefix or \"regex:PATTERN\"");
+    if (!s) return;
+    if (!strncmp(s, "regex:", 6)) {
+        if (!(r->regex = compile_pattern(ld, item, s + 6, 6))) return;
+    } else if (!path_text_ok(s)) {
+        err(ld, item, "%s must start with \"/\" and hold no spaces (or write \"regex:PATTERN\")", q(ld, s));
+        return;
+    } else {
+        r->prefix = xstrdup(s);
+    }
+    r->text = xstrdup(s);
+    mm->nexclude_paths++;
+}
+
+static int opt_exclude_paths(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_mirror_match *mm = field;
+    size_t len;
+    if (seq_begin(ld, n, NULL, &len) < 0) return -1;
+    mm->exclude_paths = xcalloc(len, sizeof *mm->exclude_paths);
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        size_t klen = key_push_index(ld, i);
+        exclude_path_parse(ld, seq_item(ld, n, i), mm);
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+/* {name: PATTERN, ...} for header (lowercased) or cookie names. */
+static int value_matches_parse(struct loader *ld, yaml_node_t *n, bool header,
+                               struct cfg_value_match **out, size_t *count)
+{
+    if (!expect_type(ld, n, YAML_MAPPING_NODE)) return -1;
+    size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    *out = xcalloc(len, sizeof **out);
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_pair_t *pr = &n->data.mapping.pairs.start[i];
+        yaml_node_t *k = node_at(ld, pr->key), *v = node_at(ld, pr->value);
+        char *name = header ? field_name(ld, k) : cookie_name(ld, k);
+        const char *pat = name ? scalar(ld, v, "a regular expression") : NULL;
+        for (size_t j = 0; pat && j < *count; j++)
+            if (!strcmp((*out)[j].name, name)) {
+                err(ld, k, "%s is listed twice", q(ld, name));
+                pat = NULL;
+            }
+        pcre2_code *re = pat ? compile_pattern(ld, v, pat, 0) : NULL;
+        if (!re) {
+            free(name);
+            continue;
+        }
+        (*out)[(*count)++] = (struct cfg_value_match){name, xstrdup(pat), re};
+    }
+    return 0;
+}
+
+static int opt_mm_headers(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_mirror_match *mm = field;
+    return value_matches_parse(ld, n, true, &mm->headers, &mm->nheaders);
+}
+
+static int opt_mm_cookies(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_mirror_match *mm = field;
+    return value_matches_parse(ld, n, false, &mm->cookies, &mm->ncookies);
+}
+
+/* "10.0.0.0/8", "fd00::/8", or a bare address (/32, /128). */
+static int cidr_parse(const char *s, struct cfg_cidr *c, char *why, size_t wn)
+{
+    char host[64], net[64];
+    const char *slash = strchr(s, '/');
+    size_t hlen = slash ? (size_t)(slash - s) : strlen(s);
+    unsigned max;
+    uint64_t prefix;
+    memset(c, 0, sizeof *c);
+    if (hlen == 0 || hlen >= sizeof host)
+        return fail(why, wn, "expected ADDRESS/PREFIX, e.g. \"10.0.0.0/8\" or \"fd00::/8\"");
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    if (inet_pton(AF_INET, host, c->addr) == 1) c->family = AF_INET, max = 32;
+    else if (inet_pton(AF_INET6, host, c->addr) == 1) c->family = AF_INET6, max = 128;
+    else return fail(why, wn, "\"%s\" is not an IPv4 or IPv6 address", host);
+    prefix = max;
+    if (slash && (parse_u64(slash + 1, &prefix) < 0 || prefix > max))
+        return fail(why, wn, "the prefix length must be a number from 0 to %u", max);
+    c->prefix = (unsigned)prefix;
+    bool host_bits = false;
+    for (unsigned b = c->prefix; b < max; b++)
+        if (c->addr[b / 8] & (0x80u >> (b % 8))) {
+            host_bits = true;
+            c->addr[b / 8] &= (uint8_t)~(0x80u >> (b % 8));
+        }
+    if (host_bits && inet_ntop(c->family, c->addr, net, sizeof net))
+        return fail(why, wn, "host bits are set (did you mean \"%s/%u\"?)", net, c->prefix);
+    return 0;
+}
+
+static int opt_source_cidrs(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_mirror_match *mm = field;
+    char why[160];
+    size_t len;
+    if (seq_begin(ld, n, "empty list (leave source_cidrs out to match every client)", &len) < 0)
+        return -1;
+    mm->source_cidrs = xcalloc(len, sizeof *mm->source_cidrs);
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_t *item = seq_item(ld, n, i);
+        size_t klen = key_push_index(ld, i);
+        const char *s = scalar(ld, item, "a CIDR");
+        if (s && cidr_parse(s, &mm->source_cidrs[mm->nsource_cidrs], why, sizeof why) < 0)
+            err(ld, item, "bad CIDR %s: %s", q(ld, s), why);
+        else if (s)
+            mm->nsource_cidrs++;
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+static const struct cfg_opt mirror_match_opts[] = {
+    {.key = "methods", .parse = opt_mm_methods},
+    {.key = "exclude_paths", .parse = opt_exclude_paths},
+    {.key = "headers", .parse = opt_mm_headers},
+    {.key = "cookies", .parse = opt_mm_cookies},
+    {.key = "source_cidrs", .parse = opt_source_cidrs},
+    {.key = NULL},
+};
+
+static int opt_sample_header(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_sample_by *sb = field;
+    char *name = field_name(ld, n);
+    if (!name) return -1;
+    free(sb->name);
+    sb->name = name;
+    sb->source = CFG_SAMPLE_HEADER;
+    return 0;
+}
+
+static int opt_sample_cookie(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_sample_by *sb = field;
+    char *name = cookie_name(ld, n);
+    if (!name) return -1;
+    free(sb->name);
+    sb->name = name;
+    sb->source = CFG_SAMPLE_COOKIE;
+    return 0;
+}
+
+static int opt_sample_missing(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_sample_by *sb = field;
+    const char *s = scalar(ld, n, "random or skip");
+    if (!s) return -1;
+    if (strcmp(s, "random") && strcmp(s, "skip")) {
+        err(ld, n, "expected random or skip, got %s", q(ld, s));
+        return -1;
+    }
+    sb->skip_missing = !strcmp(s, "skip");
+    return 0;
+}
+
+static const struct cfg_opt sample_by_opts[] = {
+    /* The first two rows are the sources; exactly one must be set. */
+    {.key = "header", .parse = opt_sample_header},
+    {.key = "cookie", .parse = opt_sample_cookie},
+    {.key = "missing", .parse = opt_sample_missing},
+    {.key = NULL},
+};
+
+static int opt_sample_by(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    uint64_t seen = parse_mapping(ld, n, sample_by_opts, field) & 3;
+    if (n->type != YAML_MAPPING_NODE || ld->stopped) return -1;
+    if (seen == 0) {
+        err(ld, n, "needs header or cookie (the value whose hash decides)");
+        return -1;
+    }
+    if (seen == 3) {
+        err(ld, n, "has both header and cookie; use one");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- scrub policies ------------------------------------------------------- */
+
+/* Computes one MAC with a new key: it proves OpenSSL can, and pays
+ * OpenSSL's first-use cost (milliseconds: provider loading) here, in the
+ * main thread, instead of in the first copy's 2 ms scrub budget. */
+static int key_check(struct loader *ld, const yaml_node_t *n, const unsigned char *key, size_t len)
+{
+    char hex[33];
+    if (scrub_hmac_hex(key, len, "", 0, hex) == 0) return 0;
+    err(ld, n, "cannot compute HMAC-SHA256 (OpenSSL failed)");
+    return -1;
+}
+
+/* "env:NAME" -> the variable's bytes, the HMAC key (malloc'd). */
+static int env_key(struct loader *ld, const yaml_node_t *n, const char *spec, unsigned char **key,
+                   size_t *len)
+{
+    if (strncmp(spec, "env:", 4) || !spec[4]) {
+        err(ld, n, "expected \"env:VARIABLE\" (the key is read from the environment), got %s",
+            q(ld, spec));
+        return -1;
+    }
+    const char *v = getenv(spec + 4);
+    if (!v || !*v) {
+        err(ld, n, "environment variable %s is not set (it holds the hash key)", q(ld, spec + 4));
+        return -1;
+    }
+    *len = strlen(v);
+    *key = (unsigned char *)xstrdup(v);
+    return key_check(ld, n, *key, *len);
+}
+
+static int opt_hash_key(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    const char *s = scalar(ld, n, "env:VARIABLE");
+    if (!s) return -1;
+    free(p->hash_key);
+    p->hash_key = NULL;
+    return env_key(ld, n, s, &p->hash_key, &p->hash_key_len);
+}
+
+/* A bare `hash` uses the policy's hash_key, else $UMBRA_SCRUB_KEY. */
+static int default_key(struct loader *ld, struct cfg_scrub_policy *p, const yaml_node_t *n,
+                       struct cfg_scrub_action *a)
+{
+    if (!p->hash_key) {
+        const char *v = getenv("UMBRA_SCRUB_KEY");
+        if (!v || !*v) {
+            err(ld, n, "hash needs a key: set the environment variable UMBRA_SCRUB_KEY, the "
+                       "policy's hash_key, or write {hash: env:VARIABLE}");
+            return -1;
+        }
+        p->hash_key = (unsigned char *)xstrdup(v);
+        p->hash_key_len = strlen(v);
+        if (key_check(ld, n, p->hash_key, p->hash_key_len) < 0) return -1;
+    }
+    a->key = (unsigned char *)xstrdup((const char *)p->hash_key);
+    a->key_len = p->hash_key_len;
+    return 0;
+}
+
+/* {replace: VALUE} or {hash: env:VARIABLE}. */
+static int action_mapping(struct loader *ld, const yaml_node_t *n, struct cfg_scrub_action *a)
+{
+    const char *usage = "expected {replace: VALUE} or {hash: env:VARIABLE}";
+    if (n->data.mapping.pairs.top - n->data.mapping.pairs.start != 1) {
+        err(ld, n, "%s", usage);
+        return -1;
+    }
+    yaml_node_t *k = node_at(ld, n->data.mapping.pairs.start->key);
+    yaml_node_t *v = node_at(ld, n->data.mapping.pairs.start->value);
+    const char *key = k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "";
+    if (!strcmp(key, "hash")) {
+        const char *s = scalar(ld, v, "env:VARIABLE");
+        a->kind = CFG_SCRUB_HASH;
+        return s ? env_key(ld, v, s, &a->key, &a->key_len) : -1;
+    }
+    if (strcmp(key, "replace")) {
+        err(ld, k, "%s", usage);
+        return -1;
+    }
+    const char *s = is_null(v) ? "" : scalar(ld, v, "a replacement value");
+    if (s && !header_value_ok(s)) {
+        err(ld, v, "replacement %s contains a control character", q(ld, s));
+        s = NULL;
+    }
+    if (!s) return -1;
+    a->kind = CFG_SCRUB_REPLACE;
+    a->value = xstrdup(s);
+    return 0;
+}
+
+static int action_parse(struct loader *ld, struct cfg_scrub_policy *p, const yaml_node_t *n,
+                        struct cfg_scrub_action *a)
+{
+    if (n->type == YAML_MAPPING_NODE) return action_mapping(ld, n, a);
+    const char *s = scalar(ld, n, "mask, remove, hash, {replace: VALUE} or {hash: env:VARIABLE}");
+    if (!s) return -1;
+    if (!strcmp(s, "mask")) a->kind = CFG_SCRUB_MASK;
+    else if (!strcmp(s, "remove")) a->kind = CFG_SCRUB_REMOVE;
+    else if (!strcmp(s, "hash")) return a->kind = CFG_SCRUB_HASH, default_key(ld, p, n, a);
+    else {
+        err(ld, n, "unknown action %s (use mask, remove, hash, {replace: VALUE} or {hash: env:VARIABLE})",
+            q(ld, s));
+        return -1;
+    }
+    return 0;
+}
+
+enum action_target { AT_HEADER, AT_COOKIE, AT_PARAM };
+
+static char *param_name(struct loader *ld, const yaml_node_t *n)
+{
+    const char *s = scalar(ld, n, "a parameter name");
+    if (!s) return NULL;
+    if (!*s || !header_value_ok(s)) {
+        err(ld, n, "bad parameter name %s", q(ld, s));
+        return NULL;
+    }
+    return xstrdup(s);
+}
+
+static char *action_name(struct loader *ld, const yaml_node_t *n, enum action_target t)
+{
+    if (t == AT_HEADER) return header_name(ld, n);
+    if (t == AT_COOKIE) return cookie_name(ld, n);
+    return param_name(ld, n);
+}
+
+/* One `name: action` (action NULL: a form list entry, which masks). */
+static void action_add(struct loader *ld, struct cfg_scrub_policy *p, const yaml_node_t *k,
+                       const yaml_node_t *v, enum action_target t, struct cfg_scrub_action *arr,
+                       size_t *count)
+{
+    char *name = action_name(ld, k, t);
+    if (!name) return;
+    for (size_t j = 0; j < *count; j++)
+        if (!strcasecmp(arr[j].name, name)) { /* matched case-insensitively */
+            err(ld, k, "%s is listed twice", q(ld, name));
+            free(name);
+            return;
+        }
+    struct cfg_scrub_action a = {.name = name, .kind = CFG_SCRUB_MASK};
+    if (v && action_parse(ld, p, v, &a) < 0) {
+        free(name);
+        return;
+    }
+    if (t == AT_HEADER && a.kind == CFG_SCRUB_REPLACE && !strcmp(name, "x-forwarded-for") &&
+        strlen(a.value) > 47) { /* it takes the client address's place: http_request.client_ip */
+        err(ld, v, "an x-forwarded-for replacement is at most 47 characters");
+        free(name);
+        free(a.value);
+        return;
+    }
+    arr[(*count)++] = a;
+}
+
+static int actions_parse(struct loader *ld, yaml_node_t *n, struct cfg_scrub_policy *p,
+                         enum action_target t, struct cfg_scrub_action **out, size_t *count)
+{
+    if (!expect_type(ld, n, YAML_MAPPING_NODE)) return -1;
+    size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    *out = xcalloc(len, sizeof **out);
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_pair_t *pr = &n->data.mapping.pairs.start[i];
+        action_add(ld, p, node_at(ld, pr->key), node_at(ld, pr->value), t, *out, count);
+    }
+    return 0;
+}
+
+static int opt_scrub_headers(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    return actions_parse(ld, n, p, AT_HEADER, &p->headers, &p->nheaders);
+}
+
+static int opt_scrub_cookies(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    return actions_parse(ld, n, p, AT_COOKIE, &p->cookies, &p->ncookies);
+}
+
+static int opt_scrub_query(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    return actions_parse(ld, n, p, AT_PARAM, &p->query, &p->nquery);
+}
+
+/* [name, ...] (each masked) or {name: action, ...}. */
+static int opt_scrub_form(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    size_t len;
+    if (n->type == YAML_MAPPING_NODE) return actions_parse(ld, n, p, AT_PARAM, &p->form, &p->nform);
+    if (seq_begin(ld, n, NULL, &len) < 0) return -1;
+    p->form = xcalloc(len, sizeof *p->form);
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        size_t klen = key_push_index(ld, i);
+        action_add(ld, p, seq_item(ld, n, i), NULL, AT_PARAM, p->form, &p->nform);
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+static int opt_scrub_json(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    char why[160];
+    size_t len, off;
+    if (seq_begin(ld, n, NULL, &len) < 0) return -1;
+    if (!p->json) p->json = jsonpath_set_new();
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_t *item = seq_item(ld, n, i);
+        size_t klen = key_push_index(ld, i);
+        const char *s = scalar(ld, item, "a JSON path such as \"$.user.password\"");
+        if (s && jsonpath_set_add(p->json, s, &off, why, sizeof why) < 0)
+            err_in(ld, item, off, "bad JSON path %s: %s (at character %zu)", q(ld, s), why, off + 1);
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+static int opt_detectors(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct cfg_scrub_policy *p = field;
+    size_t len;
+    if (seq_begin(ld, n, NULL, &len) < 0) return -1;
+    for (size_t i = 0; i < len && budget(ld, n); i++) {
+        yaml_node_t *item = seq_item(ld, n, i);
+        size_t klen = key_push_index(ld, i);
+        const char *s = scalar(ld, item, "a detector name");
+        unsigned bit = s ? detect_from_name(s) : 0;
+        if (s && !bit)
+            err(ld, item, "unknown detector %s (use email, credit_card, jwt, bearer_token, us_ssn or ipv4)",
+                q(ld, s));
+        p->detectors |= bit;
+        key_pop(ld, klen);
+    }
+    return 0;
+}
+
+static int opt_duration_us(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    char why[160];
+    const char *s = scalar(ld, n, "a duration");
+    if (!s) return -1;
+    if (duration_parse_us(s, (uint64_t *)field, why, sizeof why) < 0) {
+        err(ld, n, "bad duration %s: %s", q(ld, s), why);
+        return -1;
+    }
+    return 0;
+}
+
+static int opt_unparseable(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    const char *s = scalar(ld, n, "drop or text");
+    if (!s) return -1;
+    if (strcmp(s, "drop") && strcmp(s, "text")) {
+        err(ld, n, "expected drop (the copy is dropped) or text (scanned by the detectors as text), got %s",
+            q(ld, s));
+        return -1;
+    }
+    *(enum cfg_unparseable *)field = strcmp(s, "drop") ? CFG_UNPARSEABLE_TEXT : CFG_UNPARSEABLE_DROP;
+    return 0;
+}
+
+/* Row order is parse order: hash_key before the actions that may use it. */
+static const struct cfg_opt scrub_policy_opts[] = {
+    {.key = "hash_key", .parse = opt_hash_key},
+    {.key = "headers", .parse = opt_scrub_headers},
+    {.key = "cookies", .parse = opt_scrub_cookies},
+    {.key = "query", .parse = opt_scrub_query},
+    {.key = "json", .parse = opt_scrub_json},
+    {.key = "form", .parse = opt_scrub_form},
+    {.key = "detectors", .parse = opt_detectors},
+    {.key = "budget", .parse = opt_duration_us, .offset = offsetof(struct cfg_scrub_policy, budget_us)},
+    {.key = "on_unparseable", .parse = opt_unparseable, .offset = offsetof(struct cfg_scrub_policy, on_unparseable)},
+    {.key = "max_inflated", .parse = opt_size64, .offset = offsetof(struct cfg_scrub_policy, max_inflated), .min = 1, .max = UINT64_MAX},
+    {.key = NULL},
+};
+
+static void scrub_policy_parse(struct loader *ld, yaml_node_pair_t *pr, size_t i)
+{
+    struct cfg_scrub_policy *p = &ld->cfg->scrub_policies[i];
+    yaml_node_t *k = node_at(ld, pr->key), *v = node_at(ld, pr->value);
+    struct scope sc;
+    p->budget_us = 2000;
+    p->max_inflated = 8u << 20;
+    p->line = (int)k->start_mark.line + 1;
+    p->column = (int)k->start_mark.column + 1;
+    const char *name = scalar(ld, k, "a policy name");
+    if (name && (!is_name(name) || strlen(name) > MAX_NAME_LEN))
+        err(ld, k, "bad policy name %s: use 1 to %d letters, digits, \"_\", \"-\" or \".\"", q(ld, name),
+            MAX_NAME_LEN);
+    else if (name)
+        p->name = xstrdup(name);
+    for (size_t j = 0; p->name && j < i; j++)
+        if (ld->cfg->scrub_policies[j].name && !strcmp(ld->cfg->scrub_policies[j].name, p->name))
+            err(ld, k, "policy %s is defined twice (first at line %d)", q(ld, p->name),
+                ld->cfg->scrub_policies[j].line);
+    scope_enter(ld, &sc, v, NULL, i);
+    bprintf(ld->ctx, sizeof ld->ctx, "scrub policy %s", q(ld, name ? name : "?"));
+    parse_mapping(ld, v, scrub_policy_opts, p);
+    scope_leave(ld, &sc);
+}
+
+static int opt_scrub_policies(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    struct config *cfg = ld->cfg;
+    if (!expect_type(ld, n, YAML_MAPPING_NODE)) return -1;
+    size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    cfg->scrub_policies = xcalloc(len, sizeof *cfg->scrub_policies);
+    cfg->nscrub_policies = len;
+    for (size_t i = 0; i < len && budget(ld, n); i++)
+        scrub_policy_parse(ld, &n->data.mapping.pairs.start[i], i);
+    return 0;
+}
+
+/* scrub_policies are parsed before routes (table order), so every name is known. */
+static int opt_scrub_ref(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    const char *s = scalar(ld, n, "a scrub policy name");
+    if (!s) return -1;
+    for (size_t i = 0; i < ld->cfg->nscrub_policies; i++)
+        if (ld->cfg->scrub_policies[i].name && !strcmp(ld->cfg->scrub_policies[i].name, s)) {
+            *(const struct cfg_scrub_policy **)field = &ld->cfg->scrub_policies[i];
+            return 0;
+        }
+    err_nokey(ld, n, "scrub policy %s is not defined (under scrub_policies)", q(ld, s));
+    return -1;
+}
+
 static const struct cfg_opt mirror_opts[] = {
     {.key = "cluster", .parse = opt_cluster_ref, .offset = offsetof(struct cfg_mirror, cluster), .flags = OPT_REQUIRED},
     {.key = "fraction", .parse = opt_fraction, .offset = offsetof(struct cfg_mirror, fraction_ppm)},
@@ -1412,6 +2284,9 @@ static const struct cfg_opt mirror_opts[] = {
     {.key = "host_suffix", .parse = opt_host_suffix, .offset = offsetof(struct cfg_mirror, host_suffix)},
     {.key = "set_headers", .parse = opt_set_headers},
     {.key = "remove_headers", .parse = opt_remove_headers},
+    {.key = "match", .parse = opt_mapping, .offset = offsetof(struct cfg_mirror, match), .sub = mirror_match_opts},
+    {.key = "sample_by", .parse = opt_sample_by, .offset = offsetof(struct cfg_mirror, sample_by)},
+    {.key = "scrub", .parse = opt_scrub_ref, .offset = offsetof(struct cfg_mirror, scrub)},
     {.key = NULL},
 };
 
@@ -1519,6 +2394,7 @@ static const struct cfg_opt config_opts[] = {
     {.key = "mirror_memory", .parse = opt_size64, .offset = offsetof(struct config, mirror_memory), .max = UINT64_MAX},
     {.key = "listeners", .parse = opt_listeners, .offset = 0, .flags = OPT_REQUIRED},
     {.key = "clusters", .parse = opt_clusters, .offset = 0},
+    {.key = "scrub_policies", .parse = opt_scrub_policies, .offset = 0},
     {.key = "routes", .parse = opt_routes, .offset = 0, .flags = OPT_REQUIRED},
     {.key = NULL},
 };
@@ -1671,6 +2547,54 @@ static void free_strv(char **v, size_t n)
     free(v);
 }
 
+static void value_matches_free(struct cfg_value_match *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].name);
+        free(v[i].pattern);
+        pcre2_code_free(v[i].regex);
+    }
+    free(v);
+}
+
+static void mirror_match_free(struct cfg_mirror_match *mm)
+{
+    free_strv(mm->methods, mm->nmethods);
+    for (size_t i = 0; i < mm->nexclude_paths; i++) {
+        free(mm->exclude_paths[i].prefix);
+        free(mm->exclude_paths[i].text);
+        pcre2_code_free(mm->exclude_paths[i].regex);
+    }
+    free(mm->exclude_paths);
+    value_matches_free(mm->headers, mm->nheaders);
+    value_matches_free(mm->cookies, mm->ncookies);
+    free(mm->source_cidrs);
+}
+
+/* Keys are wiped: a freed configuration should not leave them in the heap. */
+static void scrub_actions_free(struct cfg_scrub_action *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(a[i].name);
+        free(a[i].value);
+        if (a[i].key) explicit_bzero(a[i].key, a[i].key_len);
+        free(a[i].key);
+    }
+    free(a);
+}
+
+static void scrub_policy_free(struct cfg_scrub_policy *p)
+{
+    free(p->name);
+    scrub_actions_free(p->headers, p->nheaders);
+    scrub_actions_free(p->cookies, p->ncookies);
+    scrub_actions_free(p->query, p->nquery);
+    scrub_actions_free(p->form, p->nform);
+    jsonpath_set_free(p->json);
+    if (p->hash_key) explicit_bzero(p->hash_key, p->hash_key_len);
+    free(p->hash_key);
+}
+
 static void mirror_free(struct cfg_mirror *m)
 {
     free(m->runtime_key);
@@ -1681,6 +2605,8 @@ static void mirror_free(struct cfg_mirror *m)
     }
     free(m->set_headers);
     free_strv(m->remove_headers, m->nremove_headers);
+    mirror_match_free(&m->match);
+    free(m->sample_by.name);
 }
 
 static void route_free(struct cfg_route *r)
@@ -1697,15 +2623,21 @@ static void route_free(struct cfg_route *r)
 void config_free(struct config *cfg)
 {
     if (!cfg) return;
-    for (size_t i = 0; i < cfg->nlisteners; i++) free(cfg->listeners[i].name);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        free(cfg->listeners[i].name);
+        listener_tls_free(&cfg->listeners[i].tls);
+    }
     free(cfg->listeners);
     for (size_t i = 0; i < cfg->nclusters; i++) {
         free(cfg->clusters[i].name);
         free(cfg->clusters[i].endpoints);
+        cluster_tls_free(&cfg->clusters[i].tls);
     }
     free(cfg->clusters);
     for (size_t i = 0; i < cfg->nroutes; i++) route_free(&cfg->routes[i]);
     free(cfg->routes);
+    for (size_t i = 0; i < cfg->nscrub_policies; i++) scrub_policy_free(&cfg->scrub_policies[i]);
+    free(cfg->scrub_policies);
     free(cfg->path);
     free(cfg->log_level);
     free(cfg->access_log);

@@ -40,10 +40,47 @@ struct cfg_limits {
     size_t connection_buffer;      /* default 64 KiB: bytes queued per direction before reading stops */
 };
 
+/* ---- TLS (listeners[].tls, clusters[].tls); built into contexts by src/tls ---- */
+
+/** TLS protocol versions as on the wire (min_version). */
+#define CFG_TLS_1_2 0x0303
+#define CFG_TLS_1_3 0x0304
+
+/** One certificate of a listener, chosen by SNI (its SAN, else CN, names). */
+struct cfg_tls_cert {
+    char *cert;               /* PEM chain, leaf first; checked at load */
+    char *key;                /* PEM private key, unencrypted; checked at load */
+};
+
+/** `tls:` on a listener: absent means plain TCP. */
+struct cfg_listener_tls {
+    bool enabled;
+    struct cfg_tls_cert *certificates; /* [0] is the default (no SNI, or no match) */
+    size_t ncertificates;
+    char **alpn;              /* protocols in preference order; NULL/0 = [http/1.1] */
+    size_t nalpn;
+    int min_version;          /* CFG_TLS_1_2 (default) or CFG_TLS_1_3 */
+    char *client_ca;          /* PEM CAs; set = client certificates required */
+    char *client_subject_header; /* lowercase; NULL = the subject is not passed upstream */
+    bool ktls;                /* kernel TLS where available (default off) */
+};
+
+/** `tls:` on a cluster: umbra connects with TLS (and mTLS with cert/key). */
+struct cfg_cluster_tls {
+    bool enabled;
+    char *ca;                 /* PEM CAs; NULL = the system's default store */
+    char *sni;                /* NULL = the endpoint's host name (none for an IP) */
+    char *cert, *key;         /* client identity for mTLS; both or neither */
+    bool verify;              /* default true: certificate and name are checked */
+    int min_version;          /* CFG_TLS_1_2 (default) or CFG_TLS_1_3 */
+    bool ktls;                /* kernel TLS where available (default off) */
+};
+
 struct cfg_listener {
     char *name;
     struct cfg_addr listen;
     struct cfg_limits limits;
+    struct cfg_listener_tls tls;
     int line, column; /* of the listener's node, for later error reports */
 };
 
@@ -67,6 +104,7 @@ struct cfg_cluster {
     uint64_t keepalive_idle_timeout_ms; /* default 60 s */
     uint32_t max_pending;        /* default 1024: in-flight shadow requests per worker */
     struct cfg_circuit_breaker circuit_breaker;
+    struct cfg_cluster_tls tls;
     int line, column; /* of the cluster's node, for later error reports */
 };
 
@@ -86,6 +124,101 @@ struct cfg_header_kv {
     char *value;
 };
 
+/* ---- mirror selection (mirrors[].match, mirrors[].sample_by) ---- */
+
+/** An exclude_paths entry: a path prefix, or a regex written "regex:...".
+ *  Both are matched against the path without its query. */
+struct cfg_path_rule {
+    char *prefix;          /* NULL for a regex */
+    pcre2_code *regex;     /* compiled (JIT when available); NULL for a prefix */
+    char *text;            /* as written, for messages */
+};
+
+/** A header or cookie rule: the value must match `regex` (unanchored unless
+ *  the pattern anchors itself); a request without the field does not match. */
+struct cfg_value_match {
+    char *name;            /* header: lowercase; cookie: as written (case-sensitive) */
+    char *pattern;         /* as written */
+    pcre2_code *regex;
+};
+
+/** A source_cidrs entry; a v4 CIDR also matches v4-mapped v6 clients. */
+struct cfg_cidr {
+    sa_family_t family;    /* AF_INET or AF_INET6 */
+    uint8_t addr[16];      /* network address, host bits zero (4 bytes used for v4) */
+    unsigned prefix;       /* 0..32 or 0..128 */
+};
+
+/** Every rule present must hold for a request to be mirrored. */
+struct cfg_mirror_match {
+    char **methods;        /* uppercase; 0 = any method */
+    size_t nmethods;
+    struct cfg_path_rule *exclude_paths;
+    size_t nexclude_paths;
+    struct cfg_value_match *headers; /* all must match */
+    size_t nheaders;
+    struct cfg_value_match *cookies; /* all must match */
+    size_t ncookies;
+    struct cfg_cidr *source_cidrs;   /* any may match; 0 = any source */
+    size_t nsource_cidrs;
+};
+
+enum cfg_sample_source {
+    CFG_SAMPLE_RANDOM = 0, /* no sample_by: a fresh random draw per request */
+    CFG_SAMPLE_HEADER,     /* a keyed hash of a header's value */
+    CFG_SAMPLE_COOKIE,     /* a keyed hash of a cookie's value */
+};
+
+struct cfg_sample_by {
+    enum cfg_sample_source source;
+    char *name;            /* header (lowercase) or cookie name; NULL for RANDOM */
+    bool skip_missing;     /* missing: skip (not mirrored); default random */
+};
+
+/* ---- scrub policies (scrub_policies, mirrors[].scrub) ---- */
+
+enum cfg_scrub_kind {
+    CFG_SCRUB_MASK = 0,    /* the value becomes "MASKED" */
+    CFG_SCRUB_REMOVE,      /* the header, cookie, parameter or field is dropped */
+    CFG_SCRUB_REPLACE,     /* the value becomes `value` */
+    CFG_SCRUB_HASH,        /* the value becomes hex HMAC-SHA256(key, value), 32 digits */
+};
+
+struct cfg_scrub_action {
+    char *name;            /* header: lowercase; cookie, query, form: as written */
+    enum cfg_scrub_kind kind;
+    char *value;           /* REPLACE: the replacement */
+    unsigned char *key;    /* HASH: the key, read from the environment at load */
+    size_t key_len;
+};
+
+struct jsonpath_set;       /* compiled JSON paths: mirror/jsonpath.h */
+
+enum cfg_unparseable {
+    CFG_UNPARSEABLE_DROP = 0, /* a body that cannot be parsed drops the copy */
+    CFG_UNPARSEABLE_TEXT,     /* ... is scanned as plain text by the detectors */
+};
+
+struct cfg_scrub_policy {
+    char *name;
+    struct cfg_scrub_action *headers;  /* Host and framing headers excluded */
+    size_t nheaders;
+    struct cfg_scrub_action *cookies;  /* pairs inside Cookie */
+    size_t ncookies;
+    struct cfg_scrub_action *query;    /* parameters of the query string */
+    size_t nquery;
+    struct cfg_scrub_action *form;     /* x-www-form-urlencoded body fields */
+    size_t nform;
+    struct jsonpath_set *json;         /* paths whose values are masked; NULL = none */
+    unsigned detectors;                /* DETECT_* bits (mirror/detect.h) */
+    uint64_t budget_us;                /* per copy; default 2 ms; 0 = no limit */
+    enum cfg_unparseable on_unparseable;
+    uint64_t max_inflated;             /* largest decoded (gunzipped) body; default 8 MiB */
+    unsigned char *hash_key;           /* the key of a bare `hash` (hash_key, default */
+    size_t hash_key_len;               /* env UMBRA_SCRUB_KEY); NULL when unused */
+    int line, column;                  /* of the policy's node */
+};
+
 struct cfg_mirror {
     size_t cluster;          /* index into config.clusters */
     uint32_t fraction_ppm;   /* default 100% = CFG_PPM */
@@ -97,6 +230,9 @@ struct cfg_mirror {
     size_t nset_headers;
     char **remove_headers;   /* lowercase */
     size_t nremove_headers;
+    struct cfg_mirror_match match;   /* which requests qualify (mirror/select.h) */
+    struct cfg_sample_by sample_by;  /* how the fraction picks among them */
+    const struct cfg_scrub_policy *scrub; /* into config.scrub_policies; NULL = none */
     int line, column;        /* of the mirror's node, for later error reports */
 };
 
@@ -125,6 +261,8 @@ struct config {
     size_t nclusters;
     struct cfg_route *routes; /* in file order; first match wins */
     size_t nroutes;
+    struct cfg_scrub_policy *scrub_policies; /* mirrors point into it: never reallocated */
+    size_t nscrub_policies;
 };
 
 /**

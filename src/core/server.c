@@ -19,6 +19,7 @@
 #include "core/server_internal.h"
 #include "core/stats.h"
 #include "core/worker.h"
+#include "tls/tls.h"
 
 #define LISTEN_BACKLOG 4096
 #define SNAPSHOT_REAP_S 1.0
@@ -99,12 +100,57 @@ static void lsock_put(const char *key)
     }
 }
 
+/* Drops the snapshot's references to its TLS contexts; connections that
+ * still use one keep it alive (src/tls counts references). */
+static void snapshot_tls_free(struct snapshot *snap)
+{
+    for (size_t l = 0; snap->listener_tls && l < snap->cfg->nlisteners; l++)
+        tls_server_ctx_unref(snap->listener_tls[l]);
+    for (size_t c = 0; snap->cluster_tls && c < snap->cfg->nclusters; c++)
+        tls_client_ctx_unref(snap->cluster_tls[c]);
+    free(snap->listener_tls);
+    free(snap->cluster_tls);
+    snap->listener_tls = NULL;
+    snap->cluster_tls = NULL;
+}
+
+/* New TLS contexts for every listener and cluster with `tls:`, from the files
+ * as they are now (a reload picks up renewed certificates). -1 with an error
+ * logged when one cannot be built. */
+static int snapshot_tls_build(struct snapshot *snap)
+{
+    const struct config *cfg = snap->cfg;
+    char err[512];
+    snap->listener_tls = calloc(cfg->nlisteners + 1, sizeof *snap->listener_tls);
+    snap->cluster_tls = calloc(cfg->nclusters + 1, sizeof *snap->cluster_tls);
+    if (!snap->listener_tls || !snap->cluster_tls) abort();
+    for (size_t l = 0; l < cfg->nlisteners; l++) {
+        if (!cfg->listeners[l].tls.enabled) continue;
+        snap->listener_tls[l] = tls_server_ctx_new(&cfg->listeners[l], err, sizeof err);
+        if (!snap->listener_tls[l]) {
+            log_error("server", "listener %s: TLS: %s", cfg->listeners[l].name, err);
+            return -1;
+        }
+    }
+    for (size_t c = 0; c < cfg->nclusters; c++) {
+        if (!cfg->clusters[c].tls.enabled) continue;
+        snap->cluster_tls[c] = tls_client_ctx_new(&cfg->clusters[c], err, sizeof err);
+        if (!snap->cluster_tls[c]) {
+            log_error("server", "cluster %s: TLS: %s", cfg->clusters[c].name, err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void snapshot_free(struct snapshot *snap)
 {
+    snapshot_tls_free(snap);
     for (size_t l = 0; l < snap->cfg->nlisteners; l++) lsock_put(snap->cfg->listeners[l].listen.text);
     free(snap->listen_fds);
     free(snap->route_mirror_base);
     free(snap->mirror_rt);
+    free(snap->rt_private);
     access_log_close(snap->access_log_fd);
     config_free(snap->cfg);
     free(snap);
@@ -124,17 +170,21 @@ static void snapshot_index_mirrors(struct snapshot *snap)
     snap->route_mirror_base[cfg->nroutes] = n;
     snap->mirror_rt = calloc(n ? n : 1, sizeof *snap->mirror_rt);
     if (!snap->mirror_rt) abort();
-    static struct runtime_entry overflow; /* a full table: mirrors run at their config value */
+    /* Keys the table cannot take get a private entry: fixed at the config value. */
+    snap->rt_private = calloc(n ? n : 1, sizeof *snap->rt_private);
+    if (!snap->rt_private) abort();
     for (size_t r = 0; r < cfg->nroutes; r++)
         for (size_t j = 0; j < cfg->routes[r].nmirrors; j++) {
             const struct cfg_mirror *m = &cfg->routes[r].mirrors[j];
+            size_t idx = snap->route_mirror_base[r] + j;
             struct runtime_entry *e = runtime_register(m->runtime_key, m->fraction_ppm);
             if (!e) {
-                log_warn("server", "runtime table full: %s is not adjustable", m->runtime_key);
-                e = &overflow;
+                log_warn("server", "runtime table full (%d keys): %s is not adjustable live",
+                         RUNTIME_MAX_KEYS, m->runtime_key);
+                e = &snap->rt_private[idx];
                 atomic_store(&e->ppm, m->fraction_ppm);
             }
-            snap->mirror_rt[snap->route_mirror_base[r] + j] = e;
+            snap->mirror_rt[idx] = e;
         }
 }
 
@@ -149,6 +199,14 @@ static struct snapshot *snapshot_new(struct config *cfg)
     snap->gen = ++srv.gen;
     atomic_init(&snap->refs, 1);
     snapshot_index_mirrors(snap);
+    if (snapshot_tls_build(snap) < 0) {
+        snapshot_tls_free(snap);
+        free(snap->route_mirror_base);
+        free(snap->mirror_rt);
+        config_free(cfg);
+        free(snap);
+        return NULL;
+    }
     snap->access_log_fd = -1;
     if (cfg->access_log) {
         snap->access_log_fd = access_log_open(cfg->access_log);
@@ -167,9 +225,11 @@ static struct snapshot *snapshot_new(struct config *cfg)
             log_error("server", "listener %s: cannot listen on %s: %s", cfg->listeners[l].name,
                       cfg->listeners[l].listen.text, err);
             while (l--) lsock_put(cfg->listeners[l].listen.text);
+            snapshot_tls_free(snap);
             free(snap->listen_fds);
             free(snap->route_mirror_base);
             free(snap->mirror_rt);
+            free(snap->rt_private);
             access_log_close(snap->access_log_fd);
             config_free(cfg);
             free(snap);
@@ -241,7 +301,7 @@ int server_reload(struct strbuf *err)
     apply_log_level(cfg);
     struct snapshot *snap = snapshot_new(cfg);
     if (!snap) {
-        strbuf_puts(err, "cannot open a listening socket (see log)\n");
+        strbuf_puts(err, "cannot open a listening socket or build a TLS context (see log)\n");
         return -1;
     }
     publish(snap);
@@ -251,6 +311,8 @@ int server_reload(struct strbuf *err)
 }
 
 bool server_draining(void) { return srv.draining; }
+
+const struct config *server_config(void) { return srv.current ? srv.current->cfg : NULL; }
 
 static void exit_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {

@@ -11,4 +11,9 @@ int server_reload(struct strbuf *err);
 /** True once SIGTERM/SIGINT started the drain. */
 bool server_draining(void);
 
+struct config;
+/** The configuration in force (main thread; NULL before start). Borrowed:
+ *  valid until the next reload returns to the main loop. */
+const struct config *server_config(void);
+
 #endif

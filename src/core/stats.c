@@ -17,7 +17,7 @@ static const uint64_t hist_bounds_us[STATS_HIST_BUCKETS - 1] = {
 
 static const char *const uperr_names[UPERR_COUNT] = {
     "connect_refused", "connect_timeout", "reset", "protocol",
-    "timeout", "overflow", "no_endpoint", "retry",
+    "timeout", "overflow", "no_endpoint", "retry", "tls",
 };
 
 const char *upstream_error_name(enum upstream_error e) { return uperr_names[e]; }
@@ -269,7 +269,7 @@ static void prom_clusters(struct strbuf *out, const struct totals *t)
     strbuf_puts(out, "# HELP umbra_upstream_request_duration_seconds Upstream request start to "
                      "response end.\n# TYPE umbra_upstream_request_duration_seconds histogram\n");
     for (int i = 0; i < t->nclusters; i++) {
-        char labels[96];
+        char labels[STATS_NAME_MAX + 16];
         snprintf(labels, sizeof labels, "cluster=\"%s\"", t->clusters[i].name);
         prom_hist(out, "umbra_upstream_request_duration_seconds", labels, &t->clusters[i].latency);
     }

@@ -39,6 +39,7 @@ enum upstream_error {
     UPERR_OVERFLOW,        /* "overflow": max_connections reached, 503 */
     UPERR_NO_ENDPOINT,     /* "no_endpoint": nothing to connect to, 503 */
     UPERR_RETRY,           /* "retry": stale keep-alive connection retried (not a failure) */
+    UPERR_TLS,             /* "tls": TLS handshake, verification or alert, 502 */
     UPERR_COUNT
 };
 
@@ -65,15 +66,18 @@ const char *mirror_outcome_name(enum mirror_outcome o);
 
 #define STATS_MAX_MIRRORS 256
 
+/* Config names are at most 128 characters; the tables keep them whole. */
+#define STATS_NAME_MAX 129
+
 struct stats_mirror {
-    char route[64];
-    char cluster[64];
+    char route[STATS_NAME_MAX];
+    char cluster[STATS_NAME_MAX];
     uint64_t outcomes[MO_COUNT];
     uint64_t sampled_out;
 };
 
 struct stats_cluster {
-    char name[64];
+    char name[STATS_NAME_MAX];
     uint64_t requests;          /* requests sent (attempts that got a connection) */
     uint64_t errors[UPERR_COUNT];
     uint64_t cx_active;         /* open connections (gauge, may go down) */

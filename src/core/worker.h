@@ -13,6 +13,9 @@
 #include "core/config.h"
 #include "core/stats.h"
 
+struct tls_server_ctx;
+struct tls_client_ctx;
+
 /** What the workers run with: an immutable config plus the listening sockets
  *  opened for it (one per listener per worker, SO_REUSEPORT). */
 struct snapshot {
@@ -23,7 +26,10 @@ struct snapshot {
     int *listen_fds;       /* [listener * nworkers + worker]; owned by server.c's socket table */
     size_t *route_mirror_base;           /* [route]: index of its first mirror in the arrays below */
     struct runtime_entry **mirror_rt;    /* [base + j]: the fraction of route's mirror j */
+    struct runtime_entry *rt_private;    /* [base + j]: used when the runtime table is full */
     int access_log_fd;                   /* -1 when off */
+    struct tls_server_ctx **listener_tls; /* [listener]: NULL = plain TCP; one reference each (src/tls) */
+    struct tls_client_ctx **cluster_tls;  /* [cluster]: NULL = plain TCP; one reference each */
     struct snapshot *next; /* server.c's retired list */
 };
 

@@ -20,6 +20,7 @@
 #include "core/stats.h"
 #include "core/transport.h"
 #include "core/worker.h"
+#include "tls/tls_transport.h"
 #include "upstream/forward.h"
 
 #define MAX_TARGET_BYTES 8192
@@ -333,9 +334,12 @@ static int build_request(struct h1s *c, struct stream *s, const struct h1_reques
     bool has_conn = h1_find_header(r->headers, r->nheaders, "connection", 0) >= 0;
     size_t n = 0, nxff = 0, xff_total = 0;
     int first_xff = -1;
+    m->tls = transport_is_tls(&c->tr);
+    const char *subject_hdr = tls_subject_header(&c->tr); /* the client's own copy never passes */
     for (size_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *f = &r->headers[i];
         if (is_hop_by_hop(f->name)) continue;
+        if (subject_hdr && h1_name_is(f->name, subject_hdr)) continue;
         if (has_conn && named_by_connection(r, f->name)) continue;
         if (h1_name_is(f->name, "x-forwarded-for")) {
             if (first_xff < 0) first_xff = (int)i;
@@ -343,11 +347,16 @@ static int build_request(struct h1s *c, struct stream *s, const struct h1_reques
             xff_total += f->value.len + 2;
             continue;
         }
-        if (h1_name_is(f->name, "x-request-id") && f->value.len) {
+        if (h1_name_is(f->name, "x-request-id")) { /* an empty one is replaced */
             if (!m->request_id.len) m->request_id = f->value;
             continue;
         }
         s->fields[n++] = *f;
+    }
+    const char *subject = subject_hdr ? tls_peer_subject(&c->tr) : NULL;
+    if (subject) { /* borrowed from the transport, which outlives the head's serialization */
+        if (n == H1_MAX_HEADERS) return 431;
+        s->fields[n++] = (http_field){{subject_hdr, strlen(subject_hdr)}, {subject, strlen(subject)}};
     }
     m->fields = s->fields;
     m->nfields = n;
@@ -761,6 +770,9 @@ static void h1s_read(struct h1s *c)
 static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct h1s *c = io->data;
+    /* TLS may need the other readiness to go on (t->wants): retry both sides. */
+    if ((revents & EV_WRITE) && (c->tr.wants & TRANSPORT_WANT_WRITE)) revents |= EV_READ;
+    if ((revents & EV_READ) && (c->tr.wants & TRANSPORT_WANT_READ)) revents |= EV_WRITE;
     if (revents & EV_WRITE) h1s_flush(c);
     if (c->state != H1S_CLOSED && (revents & EV_READ)) h1s_read(c);
 }
@@ -771,6 +783,10 @@ static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     struct worker_stats *ws = c->w->stats;
     switch (c->state) {
     case H1S_HEAD:
+        if (tls_handshake_timed_out(&c->tr)) { /* no TLS yet: a 408 could not be read */
+            h1s_close(c);
+            break;
+        }
         STAT_INC(ws->downstream_timeouts[DTO_HEADER]);
         reject(c, 408, "header timeout");
         break;
@@ -826,7 +842,9 @@ void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t li
     struct h1s *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->w = w;
-    transport_plain(&c->tr, fd);
+    struct tls_server_ctx *tls = w->cur->snap->listener_tls ? w->cur->snap->listener_tls[listener] : NULL;
+    if (tls) transport_tls_server(&c->tr, fd, tls, w->loop); /* handshake inside the first reads */
+    else transport_plain(&c->tr, fd);
     c->listener = listener;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -68,6 +69,7 @@ static enum upstream_error upstream_error_for(enum mirror_outcome o)
     case MO_FAILED_CONNECT: return UPERR_CONNECT_REFUSED;
     case MO_FAILED_TIMEOUT: return UPERR_TIMEOUT;
     case MO_FAILED_PROTOCOL: return UPERR_PROTOCOL;
+    case MO_FAILED_TLS: return UPERR_TLS;
     default: return UPERR_RESET;
     }
 }
@@ -163,6 +165,15 @@ static enum mirror_outcome admission(struct stream *s, const struct cfg_mirror *
     return MO_COMPLETED;
 }
 
+/* A shadow that stops reading would otherwise park megabytes per connection
+ * in the kernel's send buffer, outside every bound umbra counts: keep it near
+ * the mirror's own buffer. */
+static void bound_kernel_buffer(int fd, size_t buffer)
+{
+    int size = buffer < 32 * 1024 ? 32 * 1024 : buffer > 4 * 1024 * 1024 ? 4 * 1024 * 1024 : (int)buffer;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+}
+
 static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
 {
     const struct cfg_mirror *m = &s->route->mirrors[j];
@@ -187,7 +198,7 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     mc->mst = mst;
     mc->is_head = s->is_head;
     mc->up_chunked = s->req.has_body && !s->req.length_known;
-    mc->req_ended = !s->req.has_body;
+    mc->req_ended = !s->req.has_body || (s->req.length_known && s->req.content_length == 0);
     mc->t_start = ev_now(s->w->loop);
     ev_timer_init(&mc->deadline, deadline_cb, (double)p->cl->timeout_ms / 1000.0, 0.0);
     mc->deadline.data = mc;
@@ -206,6 +217,7 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
                err != UPERR_OVERFLOW);
         return;
     }
+    if (mc->up->state == UP_CONNECTING) bound_kernel_buffer(mc->up->tr.fd, m->buffer);
     STAT_INC(mc->cst->requests);
     if (p->cl->timeout_ms) ev_timer_start(s->w->loop, &mc->deadline);
     h1_write_request_head(&mc->up->out, &s->req, m);
@@ -276,7 +288,7 @@ static void mc_write(struct mcopy *mc)
         ssize_t w = transport_writev(&u->tr, iov, n);
         if (w == -EAGAIN) break;
         if (w < 0) {
-            mc_end(mc, MO_FAILED_RESET, true);
+            mc_end(mc, w == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
             return;
         }
         bufq_consume(&u->out, (size_t)w, NULL);
@@ -379,8 +391,8 @@ static void mc_read(struct mcopy *mc)
         }
         ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
         if (r == -EAGAIN) return;
-        if (r < 0) {
-            mc_end(mc, MO_FAILED_RESET, true);
+        if (r < 0) { /* -EPROTO: a TLS alert, e.g. the shadow refused our certificate */
+            mc_end(mc, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
             return;
         }
         if (r == 0) {
@@ -408,7 +420,7 @@ static void mc_failed(void *owner, enum upstream_error err)
 {
     struct mcopy *mc = owner;
     mc->up = NULL; /* closed by the pool */
-    mc_end(mc, MO_FAILED_CONNECT, true);
+    mc_end(mc, err == UPERR_TLS ? MO_FAILED_TLS : MO_FAILED_CONNECT, true);
 }
 
 static void mc_io(void *owner, int revents)

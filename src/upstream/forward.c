@@ -138,7 +138,7 @@ int fwd_start(struct stream *s)
     s->cst = s->ws->cstats[s->route->cluster];
     s->is_head = s->req.method.len == 4 && memcmp(s->req.method.p, "HEAD", 4) == 0;
     s->up_chunked = s->req.has_body && !s->req.length_known;
-    s->req_ended = !s->req.has_body;
+    s->req_ended = !s->req.has_body || (s->req.length_known && s->req.content_length == 0);
     enum upstream_error err;
     s->up = pool_acquire(s->pool, &primary_ops, s, false, &err);
     if (!s->up) {
@@ -210,7 +210,7 @@ static void up_flush(struct stream *s)
         ssize_t w = transport_writev(&u->tr, iov, n);
         if (w == -EAGAIN) break;
         if (w < 0) {
-            stream_fail(s, UPERR_RESET);
+            stream_fail(s, w == -EPROTO ? UPERR_TLS : UPERR_RESET);
             return;
         }
         bufq_consume(&u->out, (size_t)w, s->replayable ? &s->replay : NULL);
@@ -416,8 +416,8 @@ static void up_read(struct stream *s)
         }
         ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
         if (r == -EAGAIN) return;
-        if (r < 0) {
-            stream_fail(s, UPERR_RESET);
+        if (r < 0) { /* -EPROTO: a TLS alert, e.g. the upstream refused our certificate */
+            stream_fail(s, r == -EPROTO ? UPERR_TLS : UPERR_RESET);
             return;
         }
         if (r == 0) {

@@ -44,16 +44,13 @@ static void write_shadow_host(struct bufq *q, struct h1_str a, const char *suffi
     const char *colon = memrchr(a.p, ':', a.len);
     const char *bracket = memrchr(a.p, ']', a.len);
     if (colon && (!bracket || colon > bracket)) hostlen = (size_t)(colon - a.p);
-    char buf[1024];
-    size_t slen = strlen(suffix);
-    if (a.len + slen > sizeof buf) {
-        h1_write_field(q, "Host", 4, a.p, a.len);
-        return;
-    }
-    memcpy(buf, a.p, hostlen);
-    memcpy(buf + hostlen, suffix, slen);
-    memcpy(buf + hostlen + slen, a.p + hostlen, a.len - hostlen);
-    h1_write_field(q, "Host", 4, buf, a.len + slen);
+    /* Written in three pieces: a Host of any length keeps its suffix, so a
+     * copy can never carry the production host name. */
+    bufq_push_copy(q, "Host: ", 6);
+    bufq_push_copy(q, a.p, hostlen);
+    bufq_push_copy(q, suffix, strlen(suffix));
+    bufq_push_copy(q, a.p + hostlen, a.len - hostlen);
+    bufq_push_copy(q, "\r\n", 2);
 }
 
 void h1_write_request_head(struct bufq *q, const struct http_request *r, const struct cfg_mirror *m)

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/net.h"
 #include "core/worker.h"
+#include "tls/tls_transport.h"
 
 static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void upconn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
@@ -103,7 +104,10 @@ static struct upconn *open_conn(struct pool *p, size_t ep, enum upstream_error *
     struct upconn *u = calloc(1, sizeof *u);
     if (!u) abort();
     u->pool = p;
-    transport_plain(&u->tr, fd);
+    const struct snapshot *snap = p->ws->snap;
+    struct tls_client_ctx *tls = snap->cluster_tls ? snap->cluster_tls[cl - snap->cfg->clusters] : NULL;
+    if (tls) transport_tls_client(&u->tr, fd, tls, ep, pool_loop(p)); /* handshake in UP_HANDSHAKE */
+    else transport_plain(&u->tr, fd);
     u->endpoint = ep;
     u->state = UP_CONNECTING;
     bufq_init(&u->out);
@@ -192,31 +196,66 @@ void pool_release(struct upconn *u, bool keep)
     ev_timer_start(loop, &u->timer);
 }
 
+/* Connected (and, for a TLS cluster, handshaken): the owner may write. */
+static void upconn_ready(struct upconn *u)
+{
+    struct ev_loop *loop = pool_loop(u->pool);
+    ev_timer_stop(loop, &u->timer);
+    u->state = UP_ACTIVE;
+    ev_io_stop(loop, &u->io);
+    u->ops->connected(u->owner);
+}
+
+static void upconn_fail(struct upconn *u, enum upstream_error err)
+{
+    const struct upconn_ops *ops = u->ops;
+    void *owner = u->owner;
+    upconn_close(u);
+    ops->failed(owner, err);
+}
+
+/* The TLS handshake, still under the connect timer: a stall is a connect
+ * timeout, a failure (verification, alert, not TLS at all) is UPERR_TLS. */
+static void upconn_handshake(struct upconn *u)
+{
+    int rc = tls_handshake(&u->tr);
+    if (rc == 0) upconn_ready(u);
+    else if (rc == -EAGAIN) upconn_watch(u, false, false); /* what tr.wants says */
+    else upconn_fail(u, UPERR_TLS);
+}
+
 static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct upconn *u = io->data;
     switch (u->state) {
-    case UP_CONNECTING: {
-        int rc = net_connect_result(u->tr.fd);
-        ev_timer_stop(loop, &u->timer);
-        const struct upconn_ops *ops = u->ops;
-        void *owner = u->owner;
-        if (rc < 0) {
-            upconn_close(u);
-            ops->failed(owner, UPERR_CONNECT_REFUSED);
-            return;
+    case UP_CONNECTING:
+        if (net_connect_result(u->tr.fd) < 0) {
+            ev_timer_stop(loop, &u->timer);
+            upconn_fail(u, UPERR_CONNECT_REFUSED);
+        } else if (transport_is_tls(&u->tr)) {
+            u->state = UP_HANDSHAKE;
+            upconn_handshake(u);
+        } else {
+            upconn_ready(u);
         }
-        u->state = UP_ACTIVE;
-        ev_io_stop(loop, &u->io);
-        ops->connected(owner);
         return;
-    }
+    case UP_HANDSHAKE:
+        upconn_handshake(u);
+        return;
     case UP_ACTIVE:
+        /* TLS may need the other readiness to go on (tr.wants): retry both sides. */
+        if ((revents & EV_WRITE) && (u->tr.wants & TRANSPORT_WANT_WRITE)) revents |= EV_READ;
+        if ((revents & EV_READ) && (u->tr.wants & TRANSPORT_WANT_READ)) revents |= EV_WRITE;
         u->ops->io(u->owner, revents);
         return;
-    case UP_IDLE:
+    case UP_IDLE: {
+        /* Readable while idle: the peer closed or sent junk, unless it was
+         * only TLS housekeeping (a late session ticket), which reads as EAGAIN. */
+        char junk[1];
+        if (transport_read(&u->tr, junk, sizeof junk) == -EAGAIN) return;
         upconn_close(u);
         return;
+    }
     case UP_CLOSED:
         return;
     }
@@ -225,7 +264,8 @@ static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
 static void upconn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct upconn *u = t->data;
-    if (u->state == UP_CONNECTING) {
+    if (u->state == UP_CONNECTING || u->state == UP_HANDSHAKE) {
+        if (u->state == UP_HANDSHAKE) tls_handshake_timed_out(&u->tr); /* a TLS "timeout" too */
         const struct upconn_ops *ops = u->ops;
         void *owner = u->owner;
         upconn_close(u);

@@ -24,6 +24,7 @@ struct upconn_ops {
 
 enum upconn_state {
     UP_CONNECTING, /* connect() in progress; the connect timer is armed */
+    UP_HANDSHAKE,  /* TCP connected, TLS handshake in progress; the connect timer still runs */
     UP_ACTIVE,     /* carries one stream's request and response */
     UP_IDLE,       /* kept alive in the pool; idle timer armed; a read means the peer closed */
     UP_CLOSED,     /* fd closed; memory freed at the next safe point */
