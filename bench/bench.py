@@ -1,0 +1,761 @@
+#!/usr/bin/env python3
+"""bench — umbra's load benchmark.
+
+Runs the same wrk load, in one invocation, against the primary directly and
+through each proxy (umbra, NGINX, HAProxy, later the mirror variants), prints
+a table and ratios, and writes build/bench/results.json. Every process is
+started here on free 127.0.0.1 ports from a private temp dir and killed by PID
+on exit. It measures; it asserts nothing about the numbers.
+
+Settings come from the environment (see bench/README.md): BENCH_RUNS,
+BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_WARMUP, BENCH_SCENARIOS, BENCH_PRIMARY,
+BENCH_UMBRA, BENCH_OUT, BENCH_KEEP, BENCH_WRK_TIMEOUT.
+"""
+import ctypes
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+CONF = BENCH / "conf"
+WRK_LUA = BENCH / "wrk_report.lua"
+
+# The machine has two cores: each proxy gets one to itself; wrk and every
+# backend (primary, shadows) share the other.
+PROXY_CPU = 0
+LOAD_CPU = 1
+
+# Shadow timeouts, the same for umbra and NGINX in the mirror scenarios.
+SHADOW_CONNECT_TIMEOUT = "1s"
+SHADOW_TIMEOUT = "1s"
+SLOW_SHADOW_DELAY = 0.2  # seconds
+
+START_DEADLINE = 10.0  # seconds for a process to answer after start
+STOP_GRACE = 3.0       # seconds between SIGTERM and SIGKILL
+NOISY_OTHER = 0.15     # CPU (in cores) used by others above which a run is noisy
+
+
+class BenchError(Exception):
+    """A scenario could not be started or measured; the others go on."""
+
+
+def env_int(name, default, minimum=1):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        sys.exit(f"bench: {name}={raw!r} is not an integer")
+    if value < minimum:
+        sys.exit(f"bench: {name} must be at least {minimum}")
+    return value
+
+
+@dataclass
+class Settings:
+    runs: int
+    seconds: int
+    connections: int
+    warmup: int
+    threads: int
+    wrk_timeout: int
+    scenarios: list
+    primary: str
+    umbra: Path
+    out: Path
+    keep: bool
+
+    @classmethod
+    def from_env(cls):
+        names = os.environ.get("BENCH_SCENARIOS", "").strip()
+        if names == "all":
+            picked = [s.name for s in SCENARIOS]
+        elif names:
+            picked = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+        else:
+            picked = [s.name for s in SCENARIOS if s.default]
+        known = {s.name for s in SCENARIOS}
+        unknown = [n for n in picked if n not in known]
+        if unknown:
+            sys.exit(f"bench: unknown scenario(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(s.name for s in SCENARIOS)}")
+        primary = os.environ.get("BENCH_PRIMARY", "nginx").strip() or "nginx"
+        if primary not in PRIMARIES:
+            sys.exit(f"bench: BENCH_PRIMARY must be one of {', '.join(PRIMARIES)}")
+        out = os.environ.get("BENCH_OUT", "").strip()
+        return cls(
+            runs=env_int("BENCH_RUNS", 3),
+            seconds=env_int("BENCH_SECONDS", 10),
+            connections=env_int("BENCH_CONNECTIONS", 50),
+            warmup=env_int("BENCH_WARMUP", 2, minimum=0),
+            threads=1,
+            wrk_timeout=env_int("BENCH_WRK_TIMEOUT", 2),
+            scenarios=picked,
+            primary=primary,
+            umbra=Path(os.environ.get("BENCH_UMBRA", "") or ROOT / "build" / "umbra"),
+            out=Path(out) if out else ROOT / "build" / "bench" / "results.json",
+            keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
+        )
+
+
+# ---------------------------------------------------------------- processes
+
+def _die_with_parent():
+    """Runs in the child before exec: if bench.py is SIGKILLed, the kernel
+    still takes its servers down with it (PR_SET_PDEATHSIG = 1)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class Proc:
+    role: str
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def log_tail(self, lines=15):
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text[-lines:]) or "    (empty log)"
+
+
+class Procs:
+    """Every process this run started, so that exit kills each one by PID."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, role, argv, cpu, cwd):
+        log = Path(cwd) / f"{role}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                ["taskset", "-c", str(cpu)] + [str(a) for a in argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=cwd, preexec_fn=_die_with_parent)
+        proc = Proc(role, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, procs):
+        for p in procs:
+            if p.alive():
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE
+        for p in procs:
+            try:
+                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.popen.wait()
+            if p in self.procs:
+                self.procs.remove(p)
+
+    def stop_all(self):
+        self.stop(list(reversed(self.procs)))
+
+
+# ------------------------------------------------------------------ helpers
+
+def free_addr():
+    """A 127.0.0.1 port free right now. Another process may take it before
+    ours binds; the scenario then fails to start and is retried."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def render(template, dest, **values):
+    """Copies conf/TEMPLATE to DEST with each {{KEY}} replaced."""
+    text = (CONF / template).read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", str(value))
+    if "{{" in text:
+        raise BenchError(f"{template}: unreplaced placeholder in {text[text.index('{{'):][:40]}")
+    dest.write_text(text)
+    return dest
+
+
+def http_status(addr):
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=1.0)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def tcp_open(addr):
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=1.0):
+        return True
+
+
+def wait_until(check, addr, procs, what):
+    """Polls check(addr) until it is true, a process dies or time runs out."""
+    deadline = time.monotonic() + START_DEADLINE
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.alive():
+                raise BenchError(f"{p.role} exited with {p.popen.returncode} "
+                                 f"while starting:\n{p.log_tail()}")
+        try:
+            result = check(addr)
+            if result is True or result == 200:
+                return
+            last = f"HTTP {result}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise BenchError(f"{what} at {addr} not ready after {START_DEADLINE:.0f}s: {last}")
+
+
+# ----------------------------------------------------------------- contexts
+
+class Ctx:
+    """What a scenario's start function gets: a private dir, free ports, a
+    way to start pinned processes, and the primary's address."""
+
+    def __init__(self, bench, name):
+        self.bench = bench
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=bench.tmp))
+        self.procs = []
+        self.primary = bench.primary_addr
+        self.umbra = bench.settings.umbra
+
+    def free_addr(self):
+        return free_addr()
+
+    def render(self, template, **values):
+        return render(template, self.dir / template, DIR=self.dir, **values)
+
+    def start(self, role, argv, cpu):
+        proc = self.bench.procs.start(role, argv, cpu, self.dir)
+        self.procs.append(proc)
+        return proc
+
+    def wait_http(self, addr, what):
+        wait_until(http_status, addr, self.procs, what)
+
+    def wait_tcp(self, addr, what):
+        wait_until(tcp_open, addr, self.procs, what)
+
+    def need_umbra(self):
+        if not os.access(self.umbra, os.X_OK):
+            raise BenchError(f"{self.umbra} not found; run `make build/umbra`")
+
+
+@dataclass
+class Target:
+    """A started scenario: where wrk sends its load, and the process whose
+    CPU time is charged to each request (None when there is no proxy)."""
+    addr: str
+    proxy: Optional[Proc]
+
+
+# ---------------------------------------------------- backends and shadows
+
+def start_nginx_return(ctx, role, cpu=LOAD_CPU):
+    addr = ctx.free_addr()
+    cfg = ctx.render("nginx-return.conf", LISTEN=addr)
+    ctx.start(role, ["nginx", "-p", ctx.dir, "-e", ctx.dir / "error.log",
+                     "-c", cfg], cpu)
+    ctx.wait_http(addr, role)
+    return addr
+
+
+def start_umbra_echo(ctx, role, cpu=LOAD_CPU):
+    ctx.need_umbra()
+    addr = ctx.free_addr()
+    ctx.start(role, [ctx.umbra, "echo", "--listen", addr], cpu)
+    ctx.wait_http(addr, role)
+    return addr
+
+
+def start_python_shadow(ctx, mode):
+    addr = ctx.free_addr()
+    ctx.start(f"shadow-{mode}", [sys.executable, BENCH / "shadow.py", "--mode", mode,
+                                 "--listen", addr, "--delay", SLOW_SHADOW_DELAY],
+              LOAD_CPU)
+    ctx.wait_tcp(addr, f"{mode} shadow")
+    return addr
+
+
+# name -> start(ctx, role) -> address; chosen with BENCH_PRIMARY.
+PRIMARIES = {
+    "nginx": start_nginx_return,
+    "umbra-echo": start_umbra_echo,
+}
+
+# name -> start(ctx) -> address of a running shadow.
+SHADOWS = {
+    "fast": lambda ctx: start_nginx_return(ctx, "shadow-fast"),
+    "slow": lambda ctx: start_python_shadow(ctx, "slow"),
+    "blackhole": lambda ctx: start_python_shadow(ctx, "blackhole"),
+}
+
+
+# ----------------------------------------------------------------- proxies
+
+def start_umbra(ctx, template, **values):
+    ctx.need_umbra()
+    listen = ctx.free_addr()
+    cfg = ctx.render(template, LISTEN=listen, PRIMARY=ctx.primary, **values)
+    proxy = ctx.start("umbra", [ctx.umbra, "-c", cfg], PROXY_CPU)
+    return Target(listen, proxy)
+
+
+def start_nginx(ctx, template, **values):
+    listen = ctx.free_addr()
+    cfg = ctx.render(template, LISTEN=listen, PRIMARY=ctx.primary, **values)
+    proxy = ctx.start("nginx", ["nginx", "-p", ctx.dir, "-e", ctx.dir / "error.log",
+                                "-c", cfg], PROXY_CPU)
+    return Target(listen, proxy)
+
+
+def start_haproxy(ctx, template, **values):
+    listen = ctx.free_addr()
+    cfg = ctx.render(template, LISTEN=listen, PRIMARY=ctx.primary, **values)
+    proxy = ctx.start("haproxy", ["haproxy", "-db", "-f", cfg], PROXY_CPU)
+    return Target(listen, proxy)
+
+
+def mirrored(start_proxy, template, shadow):
+    def start(ctx):
+        shadow_addr = SHADOWS[shadow](ctx)
+        return start_proxy(ctx, template, SHADOW=shadow_addr,
+                           SHADOW_CONNECT_TIMEOUT=SHADOW_CONNECT_TIMEOUT,
+                           SHADOW_TIMEOUT=SHADOW_TIMEOUT)
+    return start
+
+
+# ---------------------------------------------------------------- scenarios
+
+@dataclass
+class Scenario:
+    name: str
+    what: str
+    start: Callable[[Ctx], Target]
+    default: bool = True
+
+
+# The one list of what is measured. A scenario starts its own processes
+# (proxy on PROXY_CPU, shadows on LOAD_CPU) and returns where to send load;
+# the primary is shared and already running. `default` ones run unless
+# BENCH_SCENARIOS names others ("all" runs every one).
+SCENARIOS = [
+    Scenario("direct", "wrk -> primary, no proxy",
+             lambda ctx: Target(ctx.primary, None)),
+    Scenario("umbra", "umbra, 1 worker, no mirror",
+             lambda ctx: start_umbra(ctx, "umbra.yaml")),
+    Scenario("nginx", "NGINX proxy_pass, 1 worker, upstream keepalive",
+             lambda ctx: start_nginx(ctx, "nginx-proxy.conf")),
+    Scenario("haproxy", "HAProxy, nbthread 1, http-reuse always",
+             lambda ctx: start_haproxy(ctx, "haproxy.cfg")),
+]
+for _shadow, _what in (("fast", "a fast shadow"),
+                       ("slow", f"a shadow that answers after {SLOW_SHADOW_DELAY * 1000:.0f} ms"),
+                       ("blackhole", "a black-hole shadow")):
+    SCENARIOS.append(Scenario(f"umbra-mirror-{_shadow}", f"umbra mirroring 100% to {_what}",
+                              mirrored(start_umbra, "umbra-mirror.yaml", _shadow),
+                              default=False))
+    SCENARIOS.append(Scenario(f"nginx-mirror-{_shadow}", f"NGINX mirror 100% to {_what}",
+                              mirrored(start_nginx, "nginx-mirror.conf", _shadow),
+                              default=False))
+
+# Ratio rows printed when both sides ran: (numerator, denominator).
+COMPARISONS = [
+    ("umbra", "nginx"),
+    ("umbra", "haproxy"),
+    ("umbra-mirror-fast", "nginx-mirror-fast"),
+    ("umbra-mirror-slow", "nginx-mirror-slow"),
+    ("umbra-mirror-blackhole", "nginx-mirror-blackhole"),
+    ("umbra-mirror-fast", "umbra"),
+    ("umbra-mirror-slow", "umbra-mirror-fast"),
+    ("umbra-mirror-blackhole", "umbra-mirror-fast"),
+]
+
+SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+# -------------------------------------------------------------- measurement
+
+def cpu_ticks(pid):
+    """utime+stime (clock ticks) of pid and its descendants, all threads."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        fields = _stat_fields(p)
+        if fields:
+            total += int(fields[11]) + int(fields[12])  # stat fields 14, 15
+        todo.extend(children.get(p, []))
+    return total
+
+
+def _stat_fields(pid):
+    """Fields 3.. of /proc/PID/stat (after the parenthesised comm)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2:].split()
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(settings, addr, seconds):
+    argv = ["taskset", "-c", str(LOAD_CPU), "wrk",
+            "-t", str(settings.threads), "-c", str(settings.connections),
+            "-d", f"{seconds}s", "--latency", "--timeout", f"{settings.wrk_timeout}s",
+            "-s", str(WRK_LUA), f"http://{addr}/"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
+                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk did not finish within {seconds + 30}s")
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCHJSON "):
+            return json.loads(line[len("BENCHJSON "):])
+    raise BenchError(f"wrk exited {done.returncode} without results: "
+                     f"{(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def machine_busy_ticks():
+    """Busy clock ticks of all CPUs together, from /proc/stat: user, nice,
+    system, irq, softirq and steal (time the hypervisor gave to others)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def snapshot(procs):
+    """CPU clock ticks so far: each watched process tree, our reaped children
+    (that is wrk, once it has exited) and the whole machine."""
+    kids = os.times()
+    return {
+        "procs": {k: cpu_ticks(p.pid) for k, p in procs.items()},
+        "reaped": (kids.children_user + kids.children_system) * TICK,
+        "machine": machine_busy_ticks(),
+    }
+
+
+def cpu_figures(row, key, ticks, n, secs):
+    cpu_s = ticks / TICK if ticks is not None else None
+    row[f"{key}_cpu_s"] = round(cpu_s, 3) if cpu_s is not None else None
+    row[f"{key}_cpu_us_per_req"] = round(cpu_s * 1e6 / n, 3) if cpu_s is not None and n else None
+    row[f"{key}_cpu_util"] = round(cpu_s / secs, 3) if cpu_s is not None and secs else None
+
+
+def measure(bench, ctx, target):
+    """One measured wrk run. Around it: the CPU time of the proxy, of the
+    primary, of wrk, and of everything else on the machine ("other": work
+    that is not ours, the measure of how noisy the run was)."""
+    s = bench.settings
+    if s.warmup:
+        run_wrk(s, target.addr, s.warmup)
+    ours = {f"{p.role}#{p.pid}": p for p in [bench.primary_proc] + ctx.procs}
+    before = snapshot(ours)
+    w = run_wrk(s, target.addr, s.seconds)
+    after = snapshot(ours)
+    for p in ours.values():
+        if not p.alive():
+            raise BenchError(f"{p.role} died during the run:\n{p.log_tail()}")
+    used = {k: after["procs"][k] - before["procs"][k] for k in ours}
+    wrk_ticks = after["reaped"] - before["reaped"]
+    other = after["machine"] - before["machine"] - sum(used.values()) - wrk_ticks
+    n, secs = w["requests"], w["duration_us"] / 1e6
+    row = {
+        "requests": n,
+        "duration_s": round(secs, 3),
+        "rps": round(n / secs, 1) if secs else 0.0,
+        "latency_us": w["latency_us"],
+        "errors": w["errors"],
+        "errors_total": sum(w["errors"].values()),
+    }
+    proxy = target.proxy
+    cpu_figures(row, "proxy", used[f"{proxy.role}#{proxy.pid}"] if proxy else None, n, secs)
+    cpu_figures(row, "primary", used[f"primary#{bench.primary_proc.pid}"], n, secs)
+    cpu_figures(row, "wrk", wrk_ticks, n, secs)
+    # Kernel work for loopback that no process is charged with lands here
+    # too, so it is a few percent even on an idle machine.
+    cpu_figures(row, "other", max(0, other), n, secs)
+    return row
+
+
+# ------------------------------------------------------------------ driver
+
+class Bench:
+    def __init__(self, settings):
+        self.settings = settings
+        self.procs = Procs()
+        self.tmp = Path(tempfile.mkdtemp(prefix="umbra-bench-"))
+        self.primary_addr = None
+        self.primary_proc = None
+        self.results = {name: {"runs": [], "errors": []} for name in settings.scenarios}
+        self.failed = False
+
+    def start_primary(self):
+        ctx = Ctx(self, "primary")
+        self.primary_addr = PRIMARIES[self.settings.primary](ctx, "primary")
+        self.primary_proc = ctx.procs[0]
+
+    def run_once(self, scenario):
+        """Starts the scenario (retrying if a picked port was taken), waits
+        until it answers 200, measures, and stops its processes."""
+        last = None
+        for _attempt in range(3):
+            ctx = Ctx(self, scenario.name)
+            try:
+                target = scenario.start(ctx)
+                ctx.wait_http(target.addr, scenario.name)
+                return measure(self, ctx, target)
+            except (BenchError, OSError) as e:
+                last = e
+                if "Address already in use" not in "".join(p.log_tail() for p in ctx.procs):
+                    break
+            finally:
+                self.procs.stop(ctx.procs)
+        raise BenchError(str(last))
+
+    def run(self):
+        s = self.settings
+        order = s.scenarios
+        for r in range(s.runs):
+            # Rotate the order each round so no scenario always runs first.
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                if not self.primary_proc.alive():
+                    raise BenchError(f"the primary died:\n{self.primary_proc.log_tail()}")
+                print(f"  run {r + 1}/{s.runs}  {name:<24}", end="", flush=True)
+                try:
+                    row = self.run_once(SCENARIO_BY_NAME[name])
+                except BenchError as e:
+                    self.failed = True
+                    self.results[name]["errors"].append(str(e))
+                    print(f"FAILED: {e}")
+                    continue
+                self.results[name]["runs"].append(row)
+                print(f"{row['rps']:>10,.0f} req/s  p99 {row['latency_us']['p99'] / 1000:6.2f} ms"
+                      f"  proxy CPU {fmt(row['proxy_cpu_util'], '4.0%')}"
+                      f"  other {fmt(row['other_cpu_util'], '4.0%')}"
+                      + (f"  errors {row['errors_total']}" if row["errors_total"] else ""))
+
+    def cleanup(self):
+        self.procs.stop_all()
+        if self.settings.keep or self.failed:
+            print(f"bench: kept logs and configs in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- summary
+
+def median_of(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs):
+    if not runs:
+        return None
+    flat = [dict(r, **{f"p{k[1:]}_us": v for k, v in r["latency_us"].items()
+                       if k.startswith("p")}) for r in runs]
+    keys = ["rps", "p50_us", "p90_us", "p99_us", "p99_9_us",
+            "proxy_cpu_us_per_req", "proxy_cpu_util",
+            "primary_cpu_us_per_req", "primary_cpu_util",
+            "wrk_cpu_us_per_req", "wrk_cpu_util", "other_cpu_util"]
+    out = {k: median_of(flat, k) for k in keys}
+    out["requests_total"] = sum(r["requests"] for r in runs)
+    out["errors_total"] = sum(r["errors_total"] for r in runs)
+    return out
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def comparisons(medians):
+    rows = []
+    for a, b in COMPARISONS:
+        ma, mb = medians.get(a), medians.get(b)
+        if not ma or not mb:
+            continue
+        rows.append({
+            "name": f"{a} / {b}", "numerator": a, "denominator": b,
+            "rps": ratio(ma["rps"], mb["rps"]),
+            "p99": ratio(ma["p99_us"], mb["p99_us"]),
+            "cpu_per_req": ratio(ma["proxy_cpu_us_per_req"], mb["proxy_cpu_us_per_req"]),
+        })
+    return rows
+
+
+def fmt(value, spec, scale=1.0):
+    return "-" if value is None else format(value * scale, spec)
+
+
+def print_table(settings, medians, ratios, results):
+    print()
+    print(f"umbra bench: median of {settings.runs} run(s) x {settings.seconds}s, "
+          f"{settings.connections} keep-alive connections, wrk 1 thread; "
+          f"proxy on CPU {PROXY_CPU}, wrk + backends on CPU {LOAD_CPU}; "
+          f"primary: {settings.primary}")
+    head = (f"{'scenario':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'proxy us/req':>14}{'proxy CPU':>11}{'primary us/req':>16}{'other CPU':>11}"
+            f"{'errors':>8}")
+    print(head)
+    print("-" * len(head))
+    for name in settings.scenarios:
+        m = medians.get(name)
+        if not m:
+            errors = results[name]["errors"]
+            why = errors[-1].splitlines()[0] if errors else "not run"
+            print(f"{name:<24}  FAILED: {why}")
+            continue
+        print(f"{name:<24}{fmt(m['rps'], ',.0f'):>10}{fmt(m['p50_us'], '.2f', 1e-3):>9}"
+              f"{fmt(m['p99_us'], '.2f', 1e-3):>9}{fmt(m['proxy_cpu_us_per_req'], '.2f'):>14}"
+              f"{fmt(m['proxy_cpu_util'], '.0%'):>11}{fmt(m['primary_cpu_us_per_req'], '.2f'):>16}"
+              f"{fmt(m['other_cpu_util'], '.0%'):>11}{m['errors_total']:>8}")
+    noisy = [n for n, m in medians.items() if m and (m["other_cpu_util"] or 0) > NOISY_OTHER]
+    if noisy:
+        print(f"warning: other work used more than {NOISY_OTHER:.0%} of a core during "
+              f"{', '.join(noisy)}: those figures are noisy")
+    if ratios:
+        print()
+        print("ratios of medians (req/s: higher is better; p99, CPU/req: lower is better)")
+        head = f"{'':<44}{'req/s':>8}{'p99':>8}{'CPU/req':>9}"
+        print(head)
+        print("-" * len(head))
+        for r in ratios:
+            print(f"{r['name']:<44}{fmt(r['rps'], '.2f'):>8}{fmt(r['p99'], '.2f'):>8}"
+                  f"{fmt(r['cpu_per_req'], '.2f'):>9}")
+
+
+def tool_version(argv):
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def meta(settings):
+    rev = tool_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = tool_version(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": (rev or "unknown") + ("-dirty" if dirty else ""),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "runs": settings.runs, "seconds": settings.seconds,
+        "connections": settings.connections, "warmup_seconds": settings.warmup,
+        "wrk_threads": settings.threads, "wrk_timeout_seconds": settings.wrk_timeout,
+        "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU,
+        "primary": settings.primary,
+        "shadow_timeout": SHADOW_TIMEOUT, "slow_shadow_delay_s": SLOW_SHADOW_DELAY,
+        "versions": {
+            "nginx": tool_version(["nginx", "-v"]),
+            "haproxy": tool_version(["haproxy", "-v"]),
+            "wrk": tool_version(["wrk", "-v"]),
+        },
+    }
+
+
+def write_json(settings, doc):
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = settings.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(settings.out)
+
+
+def _exit_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def main():
+    if len(sys.argv) > 1:
+        if sys.argv[1] == "--list":
+            for sc in SCENARIOS:
+                print(f"{sc.name:<24}{'default' if sc.default else '':<9}{sc.what}")
+            return 0
+        print(__doc__.strip())
+        print("\nbash bench/run.sh [--list]   (--list: the scenarios BENCH_SCENARIOS can name)")
+        return 0 if sys.argv[1] in ("-h", "--help") else 2
+    settings = Settings.from_env()
+    for tool in ("wrk", "taskset", "nginx", "haproxy"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found (make deps installs it)")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("bench: needs 2 CPUs (proxy on one, wrk + backends on the other)")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+
+    per_run = settings.warmup + settings.seconds + 2
+    estimate = settings.runs * len(settings.scenarios) * per_run
+    print(f"bench: {len(settings.scenarios)} scenario(s) x {settings.runs} run(s) "
+          f"x ({settings.warmup}s warm-up + {settings.seconds}s), about {estimate}s")
+    doc = {"meta": meta(settings)}
+    bench = Bench(settings)
+    try:
+        bench.start_primary()
+        bench.run()
+    except BenchError as e:
+        bench.failed = True
+        print(f"bench: {e}", file=sys.stderr)
+    finally:
+        bench.cleanup()
+
+    medians = {n: summarize(r["runs"]) for n, r in bench.results.items()}
+    ratios = comparisons(medians)
+    doc["scenarios"] = {
+        n: {"what": SCENARIO_BY_NAME[n].what, "median": medians[n], **bench.results[n]}
+        for n in settings.scenarios
+    }
+    doc["ratios"] = ratios
+    write_json(settings, doc)
+    print_table(settings, medians, ratios, bench.results)
+    print(f"\nbench: results in {settings.out}")
+    return 1 if bench.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
