@@ -15,6 +15,8 @@ import ctypes
 import http.client
 import json
 import os
+import re
+import urllib.request
 import platform
 import shutil
 import signal
@@ -387,11 +389,9 @@ for _shadow, _what in (("fast", "a fast shadow"),
                        ("slow", f"a shadow that answers after {SLOW_SHADOW_DELAY * 1000:.0f} ms"),
                        ("blackhole", "a black-hole shadow")):
     SCENARIOS.append(Scenario(f"umbra-mirror-{_shadow}", f"umbra mirroring 100% to {_what}",
-                              mirrored(start_umbra, "umbra-mirror.yaml", _shadow),
-                              default=False))
+                              mirrored(start_umbra, "umbra-mirror.yaml", _shadow)))
     SCENARIOS.append(Scenario(f"nginx-mirror-{_shadow}", f"NGINX mirror 100% to {_what}",
-                              mirrored(start_nginx, "nginx-mirror.conf", _shadow),
-                              default=False))
+                              mirrored(start_nginx, "nginx-mirror.conf", _shadow)))
 
 # Ratio rows printed when both sides ran: (numerator, denominator).
 COMPARISONS = [
@@ -516,7 +516,28 @@ def measure(bench, ctx, target):
     # Kernel work for loopback that no process is charged with lands here
     # too, so it is a few percent even on an idle machine.
     cpu_figures(row, "other", max(0, other), n, secs)
+    if proxy and proxy.role == "umbra":
+        row["mirror_outcomes"] = umbra_mirror_outcomes(proxy)
     return row
+
+
+def umbra_mirror_outcomes(proc):
+    """umbra's mirror outcome counters (summed over routes), read from its
+    admin /metrics, so a mirror scenario shows the copies really went out."""
+    m = re.search(r"admin listening on (\S+)", proc.log.read_text(errors="replace"))
+    if not m:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        mm = re.match(r'umbra_mirror_requests_total\{.*outcome="([a-z_]+)"\} (\d+)', line)
+        if mm and int(mm.group(2)):
+            out[mm.group(1)] = out.get(mm.group(1), 0) + int(mm.group(2))
+    return out
 
 
 # ------------------------------------------------------------------ driver
@@ -574,7 +595,8 @@ class Bench:
                 print(f"{row['rps']:>10,.0f} req/s  p99 {row['latency_us']['p99'] / 1000:6.2f} ms"
                       f"  proxy CPU {fmt(row['proxy_cpu_util'], '4.0%')}"
                       f"  other {fmt(row['other_cpu_util'], '4.0%')}"
-                      + (f"  errors {row['errors_total']}" if row["errors_total"] else ""))
+                      + (f"  errors {row['errors_total']}" if row["errors_total"] else "")
+                      + (f"  copies {row['mirror_outcomes']}" if row.get("mirror_outcomes") else ""))
 
     def cleanup(self):
         self.procs.stop_all()
