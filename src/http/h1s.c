@@ -68,6 +68,7 @@ struct h1s {
 
     enum h1s_resp_framing rs_kind;
     bool resp_started, keep_alive, client_10, draining, linger;
+    bool peer_eof;       /* the client half-closed after its request */
     int status;
     unsigned requests;
     ev_tstamp req_start;
@@ -159,7 +160,7 @@ static void watch(struct h1s *c, bool read, bool write)
     if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE)) == ev) return;
     ev_io_stop(c->w->loop, &c->io);
     if (!ev) return;
-    ev_io_set(&c->io, c->tr.fd, ev);
+    ev_io_modify(&c->io, ev); /* not ev_io_set: that forces libev to re-add the fd */
     ev_io_start(c->w->loop, &c->io);
 }
 
@@ -169,6 +170,10 @@ static bool wants_read(const struct h1s *c)
     case H1S_HEAD:
     case H1S_IDLE: return true;
     case H1S_BODY: return !c->rq_paused;
+    /* Awaiting the response: keep reading (pipelined requests, or the
+     * client's FIN) while there is room. Not toggling the watcher per
+     * request saves two epoll_ctl calls per request. */
+    case H1S_WAIT: return !c->peer_eof && ibuf_len(&c->in) < BUF_CHUNK_SIZE / 2;
     case H1S_LINGER: return true;
     default: return false;
     }
@@ -546,6 +551,17 @@ static void parse_head(struct h1s *c)
 
 static void process_input(struct h1s *c)
 {
+    if (c->peer_eof && (c->state == H1S_IDLE || c->state == H1S_HEAD)) {
+        /* Only whole requests are left to answer; a partial one never completes. */
+        struct h1_limits lim = {0};
+        struct h1_request probe;
+        struct h1_parser tmp = c->parser;
+        if (!ibuf_len(&c->in) ||
+            h1_parse_request(&tmp, ibuf_data(&c->in), ibuf_len(&c->in), &lim, &probe) == H1_AGAIN) {
+            enter_closing(c);
+            return;
+        }
+    }
     for (;;) {
         if (c->state == H1S_IDLE && ibuf_len(&c->in)) {
             c->state = H1S_HEAD;
@@ -751,6 +767,10 @@ static void h1s_read(struct h1s *c)
             return;
         }
         if (r == 0) {
+            if (c->state == H1S_WAIT) { /* a half-close after whole requests: answer them, then close */
+                c->peer_eof = true;
+                break;
+            }
             /* The client is gone: mid-body that aborts the request upstream. */
             h1s_close(c);
             return;

@@ -162,7 +162,7 @@ void upconn_watch(struct upconn *u, bool read, bool write)
     if (ev_is_active(&u->io) && (u->io.events & (EV_READ | EV_WRITE)) == ev) return;
     ev_io_stop(loop, &u->io);
     if (!ev) return;
-    ev_io_set(&u->io, u->tr.fd, ev);
+    ev_io_modify(&u->io, ev); /* not ev_io_set: that forces libev to re-add the fd */
     ev_io_start(loop, &u->io);
 }
 
@@ -189,7 +189,7 @@ void pool_release(struct upconn *u, bool keep)
     /* Watch reads: an idle connection that becomes readable was closed by the
      * peer (or sent junk); either way it must not be reused. */
     ev_io_stop(loop, &u->io);
-    ev_io_set(&u->io, u->tr.fd, EV_READ);
+    ev_io_modify(&u->io, EV_READ);
     ev_io_start(loop, &u->io);
     ev_timer_stop(loop, &u->timer);
     ev_timer_set(&u->timer, (double)p->cl->keepalive_idle_timeout_ms / 1000.0, 0.0);
