@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -250,6 +251,33 @@ static int server_tickets(SSL_CTX *ctx, char *err, size_t n)
     return 0;
 }
 
+/* The session id context: resumption needs one when client certificates are
+ * verified, and OpenSSL resumes only sessions made under the same one. It is
+ * the listener's name and its client CAs as they are now, so a session from
+ * another listener, or from before a reload that changed who is trusted,
+ * starts over with a full handshake; a renewed server certificate does not. */
+static int session_context(const struct cfg_listener *l, unsigned char out[SSL_MAX_SID_CTX_LENGTH],
+                           char *err, size_t n)
+{
+    _Static_assert(SSL_MAX_SID_CTX_LENGTH == 32, "a SHA-256 fills the session id context");
+    BIO *ca = l->tls.client_ca ? open_pem(l->tls.client_ca, err, n) : NULL;
+    if (l->tls.client_ca && !ca) return -1;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 ? 0 : -1;
+    if (rc == 0) {
+        EVP_DigestUpdate(md, "umbra:", 6);
+        EVP_DigestUpdate(md, l->name, strlen(l->name) + 1);
+        char buf[4096];
+        int got;
+        while (ca && (got = BIO_read(ca, buf, sizeof buf)) > 0) EVP_DigestUpdate(md, buf, (size_t)got);
+        rc = EVP_DigestFinal_ex(md, out, NULL) == 1 ? 0 : -1;
+    }
+    if (rc < 0) fail(err, n, "session id context: %s", ssl_reason());
+    BIO_free(ca);
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
 static SSL_CTX *server_ctx_one(const struct cfg_listener *l, const struct cfg_tls_cert *c,
                                struct tls_server_ctx *sc, char *err, size_t n)
 {
@@ -262,11 +290,9 @@ static SSL_CTX *server_ctx_one(const struct cfg_listener *l, const struct cfg_tl
     }
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (load_identity(ctx, c->cert, c->key, err, n) < 0) goto fail;
-    /* Resumption with client certificates needs a session id context. */
-    char sid[SSL_MAX_SID_CTX_LENGTH];
-    int sidlen = snprintf(sid, sizeof sid, "umbra:%s", l->name);
-    if (sidlen < 0 || sidlen >= (int)sizeof sid) sidlen = (int)sizeof sid - 1;
-    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)sid, (unsigned)sidlen);
+    unsigned char sid[SSL_MAX_SID_CTX_LENGTH];
+    if (session_context(l, sid, err, n) < 0) goto fail;
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     if (server_tickets(ctx, err, n) < 0) goto fail;
     if (t->client_ca && server_client_ca(ctx, t->client_ca, err, n) < 0) goto fail;

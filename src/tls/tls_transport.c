@@ -64,6 +64,7 @@ static void pending_del(struct tls_conn *c)
         ev_ref(pend.loop); /* undo the unref of pending_add */
         ev_prepare_stop(pend.loop, &pend.prep);
         pend.started = false;
+        pend.loop = NULL; /* the next connection's loop is adopted afresh */
     }
 }
 
@@ -185,7 +186,7 @@ static int handshake_step(struct transport *t, struct tls_conn *c)
         return -EAGAIN;
     }
     enum tls_error_reason why = classify(e);
-    if (!c->client && why == TLS_ERR_CLOSED && SSL_in_before(c->ssl)) {
+    if (!c->client && why == TLS_ERR_CLOSED && BIO_number_read(SSL_get_rbio(c->ssl)) == 0) {
         ERR_clear_error();
         c->fatal = true;
         return -ECONNRESET;
