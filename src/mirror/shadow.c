@@ -35,6 +35,7 @@ struct mcopy {
     struct upconn *up;
     bool up_chunked, req_ended, is_head, done;
     bool up_close;             /* the shadow's connection must not be reused */
+    int connect_err;           /* the pool's reason when a connect failed, else -1 */
     uint64_t body_bytes;
     int64_t held;              /* bytes counted in stats_mirror_memory_bytes */
     struct h1_parser rparser;
@@ -116,7 +117,8 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
     } else {
         if (shadow_fault) {
             pool_breaker_record(mc->pool, false, now);
-            STAT_INC(mc->cst->errors[upstream_error_for(outcome)]);
+            STAT_INC(mc->cst->errors[mc->connect_err >= 0 ? (enum upstream_error)mc->connect_err
+                                                           : upstream_error_for(outcome)]);
         }
         log_ratelimited(&rl_drop, LOG_WARN, "upstream", "shadow request %s due to %s (route %s, cluster %s)",
                         outcome < MO_FAILED_CONNECT ? "dropped" : "failed", drop_reason[outcome],
@@ -200,6 +202,7 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     mc->up_chunked = s->req.has_body && !s->req.length_known;
     mc->req_ended = !s->req.has_body || (s->req.length_known && s->req.content_length == 0);
     mc->t_start = ev_now(s->w->loop);
+    mc->connect_err = -1;
     ev_timer_init(&mc->deadline, deadline_cb, (double)p->cl->timeout_ms / 1000.0, 0.0);
     mc->deadline.data = mc;
     p->pending++;
@@ -213,6 +216,7 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     enum upstream_error err;
     mc->up = pool_acquire(p, &shadow_ops, mc, false, &err);
     if (!mc->up) {
+        mc->connect_err = (int)err;
         mc_end(mc, err == UPERR_OVERFLOW ? MO_DROPPED_OVERFLOW : MO_FAILED_CONNECT,
                err != UPERR_OVERFLOW);
         return;
@@ -420,6 +424,7 @@ static void mc_failed(void *owner, enum upstream_error err)
 {
     struct mcopy *mc = owner;
     mc->up = NULL; /* closed by the pool */
+    mc->connect_err = (int)err; /* refused, timed out or TLS: the cluster counter says which */
     mc_end(mc, err == UPERR_TLS ? MO_FAILED_TLS : MO_FAILED_CONNECT, true);
 }
 
