@@ -17,7 +17,6 @@
 #include "upstream/h1_request.h"
 #include "upstream/pool.h"
 
-#define IOV_MAX_BATCH 64
 #define MAX_INTERIM 16
 
 struct mcopy {
@@ -286,16 +285,10 @@ void shadow_body_end(struct stream *s, const http_field *trailers, size_t n)
 static void mc_write(struct mcopy *mc)
 {
     struct upconn *u = mc->up;
-    while (u->out.bytes) {
-        struct iovec iov[IOV_MAX_BATCH];
-        int n = bufq_iov(&u->out, iov, IOV_MAX_BATCH);
-        ssize_t w = transport_writev(&u->tr, iov, n);
-        if (w == -EAGAIN) break;
-        if (w < 0) {
-            mc_end(mc, w == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
-            return;
-        }
-        bufq_consume(&u->out, (size_t)w, NULL);
+    ssize_t rc = upconn_write(u, NULL);
+    if (rc < 0) {
+        mc_end(mc, rc == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
+        return;
     }
     account(mc);
     upconn_watch(u, true, u->out.bytes > 0);

@@ -21,7 +21,6 @@
  * connection; past it the request is not retried. */
 #define REPLAY_MAX (64 * 1024)
 #define MAX_INTERIM 16
-#define IOV_MAX_BATCH 64
 
 static struct log_ratelimit rl_upstream;
 
@@ -204,20 +203,14 @@ static void up_failed(void *owner, enum upstream_error err)
 static void up_flush(struct stream *s)
 {
     struct upconn *u = s->up;
-    while (u->out.bytes) {
-        struct iovec iov[IOV_MAX_BATCH];
-        int n = bufq_iov(&u->out, iov, IOV_MAX_BATCH);
-        ssize_t w = transport_writev(&u->tr, iov, n);
-        if (w == -EAGAIN) break;
-        if (w < 0) {
-            stream_fail(s, w == -EPROTO ? UPERR_TLS : UPERR_RESET);
-            return;
-        }
-        bufq_consume(&u->out, (size_t)w, s->replayable ? &s->replay : NULL);
-        if (s->replayable && s->replay.bytes > REPLAY_MAX) {
-            s->replayable = false;
-            bufq_clear(&s->replay);
-        }
+    ssize_t rc = upconn_write(u, s->replayable ? &s->replay : NULL);
+    if (rc < 0) {
+        stream_fail(s, rc == -EPROTO ? UPERR_TLS : UPERR_RESET);
+        return;
+    }
+    if (s->replayable && s->replay.bytes > REPLAY_MAX) {
+        s->replayable = false;
+        bufq_clear(&s->replay);
     }
     upconn_watch(u, !s->resp_paused, u->out.bytes > 0);
     if (s->ds && u->out.bytes <= s->high_water / 4) h1s_resume_body(s->ds);

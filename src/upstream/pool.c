@@ -153,6 +153,19 @@ struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *
     return u;
 }
 
+ssize_t upconn_write(struct upconn *u, struct bufq *keep)
+{
+    while (u->out.bytes) {
+        struct iovec iov[64];
+        int n = bufq_iov(&u->out, iov, 64);
+        ssize_t w = transport_writev(&u->tr, iov, n);
+        if (w == -EAGAIN) break;
+        if (w < 0) return w;
+        bufq_consume(&u->out, (size_t)w, keep);
+    }
+    return 0;
+}
+
 void upconn_watch(struct upconn *u, bool read, bool write)
 {
     read = read || (u->tr.wants & TRANSPORT_WANT_READ);

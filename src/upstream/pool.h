@@ -88,6 +88,10 @@ struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *
 /** The stream is done with u: back to the idle list when keep and allowed,
  *  otherwise closed. */
 void pool_release(struct upconn *u, bool keep);
+/** Writes u->out until it is empty or the socket is full. Written bytes go
+ *  to `keep` when non-NULL (a replay buffer). Returns 0, or the transport's
+ *  negative error (-EPROTO for TLS). */
+ssize_t upconn_write(struct upconn *u, struct bufq *keep);
 /** Sets which events an ACTIVE connection waits for. */
 void upconn_watch(struct upconn *u, bool read, bool write);
 
