@@ -288,7 +288,7 @@ static uint64_t duration_frac(uint64_t frac, size_t nfrac, uint64_t unit_us)
 static int duration_parse_us(const char *s, uint64_t *out_us, char *why, size_t wn)
 {
     const char *p = s;
-    uint64_t ip, frac = 0, unit_us = 1, total;
+    uint64_t ip, frac = 0, unit_us = 1, total = 0;
     size_t nfrac = 0;
     bool over = false;
     if (*p == '-') return fail(why, wn, "must not be negative");
@@ -315,7 +315,7 @@ static int duration_parse_us(const char *s, uint64_t *out_us, char *why, size_t 
 
 static int duration_parse(const char *s, uint64_t *out_ms, char *why, size_t wn)
 {
-    uint64_t us;
+    uint64_t us = 0;
     if (duration_parse_us(s, &us, why, wn) < 0) return -1;
     *out_ms = us / 1000 + (us % 1000 != 0);
     return 0;
@@ -1666,7 +1666,8 @@ static __attribute__((format(printf, 4, 5))) void err_in(struct loader *ld, cons
 {
     yaml_mark_t m = n->start_mark;
     size_t quotes = n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ? 0 : 1;
-    if (n->end_mark.line == m.line && n->end_mark.column - m.column == n->data.scalar.length + 2 * quotes)
+    if (n->end_mark.line == m.line &&
+        n->end_mark.column - m.column == n->data.scalar.length + 2 * quotes)
         m.column += quotes + off;
     va_list ap;
     va_start(ap, fmt);
@@ -1675,14 +1676,16 @@ static __attribute__((format(printf, 4, 5))) void err_in(struct loader *ld, cons
 }
 
 /* Compiles pattern `s`, which starts `off` bytes into node n's text. */
-static pcre2_code *compile_pattern(struct loader *ld, const yaml_node_t *n, const char *s, size_t off)
+static pcre2_code *compile_pattern(struct loader *ld, const yaml_node_t *n, const char *s,
+                                   size_t off)
 {
     int code;
     PCRE2_SIZE at;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0, &code, &at, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
-        if (pcre2_get_error_message(code, msg, sizeof msg) < 0) strcpy((char *)msg, "unknown error");
+        if (pcre2_get_error_message(code, msg, sizeof msg) < 0)
+            snprintf((char *)msg, sizeof msg, "unknown error");
         err_in(ld, n, off + (size_t)at, "invalid regex %s: %s at offset %zu", q(ld, s),
                (const char *)msg, (size_t)at);
         return NULL;
@@ -1696,8 +1699,17 @@ static pcre2_code *compile_pattern(struct loader *ld, const yaml_node_t *n, cons
 static bool unmatchable_header(const char *lower)
 {
     static const char *const names[] = {
-        "host", "content-length", "transfer-encoding", "connection", "keep-alive",
-        "proxy-connection", "te", "upgrade", "expect", "x-forwarded-for", "x-forwarded-proto",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-proto",
         "x-request-id",
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
@@ -1761,7 +1773,8 @@ static void exclude_path_parse(struct loader *ld, yaml_node_t *item, struct cfg_
     if (!strncmp(s, "regex:", 6)) {
         if (!(r->regex = compile_pattern(ld, item, s + 6, 6))) return;
     } else if (!path_text_ok(s)) {
-        err(ld, item, "%s must start with \"/\" and hold no spaces (or write \"regex:PATTERN\")", q(ld, s));
+        err(ld, item, "%s must start with \"/\" and hold no spaces (or write \"regex:PATTERN\")",
+            q(ld, s));
         return;
     } else {
         r->prefix = xstrdup(s);
@@ -1770,7 +1783,8 @@ static void exclude_path_parse(struct loader *ld, yaml_node_t *item, struct cfg_
     mm->nexclude_paths++;
 }
 
-static int opt_exclude_paths(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_exclude_paths(struct loader *ld, yaml_node_t *n, void *field,
+                             const struct cfg_opt *opt)
 {
     struct cfg_mirror_match *mm = field;
     size_t len;
@@ -1797,7 +1811,7 @@ static int value_matches_parse(struct loader *ld, yaml_node_t *n, bool header,
         char *name = header ? field_name(ld, k) : cookie_name(ld, k);
         const char *pat = name ? scalar(ld, v, "a regular expression") : NULL;
         for (size_t j = 0; pat && j < *count; j++)
-            if (!strcmp((*out)[j].name, name)) {
+            if ((*out)[j].name && !strcmp((*out)[j].name, name)) {
                 err(ld, k, "%s is listed twice", q(ld, name));
                 pat = NULL;
             }
@@ -1836,9 +1850,12 @@ static int cidr_parse(const char *s, struct cfg_cidr *c, char *why, size_t wn)
         return fail(why, wn, "expected ADDRESS/PREFIX, e.g. \"10.0.0.0/8\" or \"fd00::/8\"");
     memcpy(host, s, hlen);
     host[hlen] = '\0';
-    if (inet_pton(AF_INET, host, c->addr) == 1) c->family = AF_INET, max = 32;
-    else if (inet_pton(AF_INET6, host, c->addr) == 1) c->family = AF_INET6, max = 128;
-    else return fail(why, wn, "\"%s\" is not an IPv4 or IPv6 address", host);
+    if (inet_pton(AF_INET, host, c->addr) == 1)
+        c->family = AF_INET, max = 32;
+    else if (inet_pton(AF_INET6, host, c->addr) == 1)
+        c->family = AF_INET6, max = 128;
+    else
+        return fail(why, wn, "\"%s\" is not an IPv4 or IPv6 address", host);
     prefix = max;
     if (slash && (parse_u64(slash + 1, &prefix) < 0 || prefix > max))
         return fail(why, wn, "the prefix length must be a number from 0 to %u", max);
@@ -1847,14 +1864,15 @@ static int cidr_parse(const char *s, struct cfg_cidr *c, char *why, size_t wn)
     for (unsigned b = c->prefix; b < max; b++)
         if (c->addr[b / 8] & (0x80u >> (b % 8))) {
             host_bits = true;
-            c->addr[b / 8] &= (uint8_t)~(0x80u >> (b % 8));
+            c->addr[b / 8] &= (uint8_t) ~(0x80u >> (b % 8));
         }
     if (host_bits && inet_ntop(c->family, c->addr, net, sizeof net))
         return fail(why, wn, "host bits are set (did you mean \"%s/%u\"?)", net, c->prefix);
     return 0;
 }
 
-static int opt_source_cidrs(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_source_cidrs(struct loader *ld, yaml_node_t *n, void *field,
+                            const struct cfg_opt *opt)
 {
     struct cfg_mirror_match *mm = field;
     char why[160];
@@ -1884,7 +1902,8 @@ static const struct cfg_opt mirror_match_opts[] = {
     {.key = NULL},
 };
 
-static int opt_sample_header(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_sample_header(struct loader *ld, yaml_node_t *n, void *field,
+                             const struct cfg_opt *opt)
 {
     struct cfg_sample_by *sb = field;
     char *name = field_name(ld, n);
@@ -1895,7 +1914,8 @@ static int opt_sample_header(struct loader *ld, yaml_node_t *n, void *field, con
     return 0;
 }
 
-static int opt_sample_cookie(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_sample_cookie(struct loader *ld, yaml_node_t *n, void *field,
+                             const struct cfg_opt *opt)
 {
     struct cfg_sample_by *sb = field;
     char *name = cookie_name(ld, n);
@@ -1906,7 +1926,8 @@ static int opt_sample_cookie(struct loader *ld, yaml_node_t *n, void *field, con
     return 0;
 }
 
-static int opt_sample_missing(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_sample_missing(struct loader *ld, yaml_node_t *n, void *field,
+                              const struct cfg_opt *opt)
 {
     struct cfg_sample_by *sb = field;
     const char *s = scalar(ld, n, "random or skip");
@@ -1991,8 +2012,9 @@ static int default_key(struct loader *ld, struct cfg_scrub_policy *p, const yaml
     if (!p->hash_key) {
         const char *v = getenv("UMBRA_SCRUB_KEY");
         if (!v || !*v) {
-            err(ld, n, "hash needs a key: set the environment variable UMBRA_SCRUB_KEY, the "
-                       "policy's hash_key, or write {hash: env:VARIABLE}");
+            err(ld, n,
+                "hash needs a key: set the environment variable UMBRA_SCRUB_KEY, the "
+                "policy's hash_key, or write {hash: env:VARIABLE}");
             return -1;
         }
         p->hash_key = (unsigned char *)xstrdup(v);
@@ -2041,11 +2063,15 @@ static int action_parse(struct loader *ld, struct cfg_scrub_policy *p, const yam
     if (n->type == YAML_MAPPING_NODE) return action_mapping(ld, n, a);
     const char *s = scalar(ld, n, "mask, remove, hash, {replace: VALUE} or {hash: env:VARIABLE}");
     if (!s) return -1;
-    if (!strcmp(s, "mask")) a->kind = CFG_SCRUB_MASK;
-    else if (!strcmp(s, "remove")) a->kind = CFG_SCRUB_REMOVE;
-    else if (!strcmp(s, "hash")) return a->kind = CFG_SCRUB_HASH, default_key(ld, p, n, a);
+    if (!strcmp(s, "mask"))
+        a->kind = CFG_SCRUB_MASK;
+    else if (!strcmp(s, "remove"))
+        a->kind = CFG_SCRUB_REMOVE;
+    else if (!strcmp(s, "hash"))
+        return a->kind = CFG_SCRUB_HASH, default_key(ld, p, n, a);
     else {
-        err(ld, n, "unknown action %s (use mask, remove, hash, {replace: VALUE} or {hash: env:VARIABLE})",
+        err(ld, n,
+            "unknown action %s (use mask, remove, hash, {replace: VALUE} or {hash: env:VARIABLE})",
             q(ld, s));
         return -1;
     }
@@ -2080,7 +2106,7 @@ static void action_add(struct loader *ld, struct cfg_scrub_policy *p, const yaml
     char *name = action_name(ld, k, t);
     if (!name) return;
     for (size_t j = 0; j < *count; j++)
-        if (!strcasecmp(arr[j].name, name)) { /* matched case-insensitively */
+        if (arr[j].name && !strcasecmp(arr[j].name, name)) { /* matched case-insensitively */
             err(ld, k, "%s is listed twice", q(ld, name));
             free(name);
             return;
@@ -2113,19 +2139,22 @@ static int actions_parse(struct loader *ld, yaml_node_t *n, struct cfg_scrub_pol
     return 0;
 }
 
-static int opt_scrub_headers(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_scrub_headers(struct loader *ld, yaml_node_t *n, void *field,
+                             const struct cfg_opt *opt)
 {
     struct cfg_scrub_policy *p = field;
     return actions_parse(ld, n, p, AT_HEADER, &p->headers, &p->nheaders);
 }
 
-static int opt_scrub_cookies(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_scrub_cookies(struct loader *ld, yaml_node_t *n, void *field,
+                             const struct cfg_opt *opt)
 {
     struct cfg_scrub_policy *p = field;
     return actions_parse(ld, n, p, AT_COOKIE, &p->cookies, &p->ncookies);
 }
 
-static int opt_scrub_query(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_scrub_query(struct loader *ld, yaml_node_t *n, void *field,
+                           const struct cfg_opt *opt)
 {
     struct cfg_scrub_policy *p = field;
     return actions_parse(ld, n, p, AT_PARAM, &p->query, &p->nquery);
@@ -2159,7 +2188,8 @@ static int opt_scrub_json(struct loader *ld, yaml_node_t *n, void *field, const 
         size_t klen = key_push_index(ld, i);
         const char *s = scalar(ld, item, "a JSON path such as \"$.user.password\"");
         if (s && jsonpath_set_add(p->json, s, &off, why, sizeof why) < 0)
-            err_in(ld, item, off, "bad JSON path %s: %s (at character %zu)", q(ld, s), why, off + 1);
+            err_in(ld, item, off, "bad JSON path %s: %s (at character %zu)", q(ld, s), why,
+                   off + 1);
         key_pop(ld, klen);
     }
     return 0;
@@ -2176,7 +2206,8 @@ static int opt_detectors(struct loader *ld, yaml_node_t *n, void *field, const s
         const char *s = scalar(ld, item, "a detector name");
         unsigned bit = s ? detect_from_name(s) : 0;
         if (s && !bit)
-            err(ld, item, "unknown detector %s (use email, credit_card, jwt, bearer_token, us_ssn or ipv4)",
+            err(ld, item,
+                "unknown detector %s (use email, credit_card, jwt, bearer_token, us_ssn or ipv4)",
                 q(ld, s));
         p->detectors |= bit;
         key_pop(ld, klen);
@@ -2184,7 +2215,8 @@ static int opt_detectors(struct loader *ld, yaml_node_t *n, void *field, const s
     return 0;
 }
 
-static int opt_duration_us(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_duration_us(struct loader *ld, yaml_node_t *n, void *field,
+                           const struct cfg_opt *opt)
 {
     char why[160];
     const char *s = scalar(ld, n, "a duration");
@@ -2196,16 +2228,19 @@ static int opt_duration_us(struct loader *ld, yaml_node_t *n, void *field, const
     return 0;
 }
 
-static int opt_unparseable(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_unparseable(struct loader *ld, yaml_node_t *n, void *field,
+                           const struct cfg_opt *opt)
 {
     const char *s = scalar(ld, n, "drop or text");
     if (!s) return -1;
     if (strcmp(s, "drop") && strcmp(s, "text")) {
-        err(ld, n, "expected drop (the copy is dropped) or text (scanned by the detectors as text), got %s",
+        err(ld,
+            n, "expected drop (the copy is dropped) or text (scanned by the detectors as text), got %s",
             q(ld, s));
         return -1;
     }
-    *(enum cfg_unparseable *)field = strcmp(s, "drop") ? CFG_UNPARSEABLE_TEXT : CFG_UNPARSEABLE_DROP;
+    *(enum cfg_unparseable *)field =
+        strcmp(s, "drop") ? CFG_UNPARSEABLE_TEXT : CFG_UNPARSEABLE_DROP;
     return 0;
 }
 
@@ -2235,8 +2270,8 @@ static void scrub_policy_parse(struct loader *ld, yaml_node_pair_t *pr, size_t i
     p->column = (int)k->start_mark.column + 1;
     const char *name = scalar(ld, k, "a policy name");
     if (name && (!is_name(name) || strlen(name) > MAX_NAME_LEN))
-        err(ld, k, "bad policy name %s: use 1 to %d letters, digits, \"_\", \"-\" or \".\"", q(ld, name),
-            MAX_NAME_LEN);
+        err(ld, k, "bad policy name %s: use 1 to %d letters, digits, \"_\", \"-\" or \".\"",
+            q(ld, name), MAX_NAME_LEN);
     else if (name)
         p->name = xstrdup(name);
     for (size_t j = 0; p->name && j < i; j++)
@@ -2249,7 +2284,8 @@ static void scrub_policy_parse(struct loader *ld, yaml_node_pair_t *pr, size_t i
     scope_leave(ld, &sc);
 }
 
-static int opt_scrub_policies(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+static int opt_scrub_policies(struct loader *ld, yaml_node_t *n, void *field,
+                              const struct cfg_opt *opt)
 {
     struct config *cfg = ld->cfg;
     if (!expect_type(ld, n, YAML_MAPPING_NODE)) return -1;

@@ -159,6 +159,7 @@ static void sum_worker(struct totals *t, const struct worker_stats *w)
         if (!dst) continue;
         for (int o = 0; o < MO_COUNT; o++) dst->outcomes[o] += STAT_READ(w->mirrors[i].outcomes[o]);
         dst->sampled_out += STAT_READ(w->mirrors[i].sampled_out);
+        dst->excluded += STAT_READ(w->mirrors[i].excluded);
     }
 }
 
@@ -291,6 +292,12 @@ static void prom_mirrors(struct strbuf *out, const struct totals *t)
         strbuf_printf(out, "umbra_mirror_sampled_out_total{route=\"%s\",cluster=\"%s\"} %lu\n",
                       t->mirrors[i].route, t->mirrors[i].cluster,
                       (unsigned long)t->mirrors[i].sampled_out);
+    strbuf_puts(out, "# HELP umbra_mirror_excluded_total Requests a mirror's match rules left out.\n"
+                     "# TYPE umbra_mirror_excluded_total counter\n");
+    for (int i = 0; i < t->nmirrors; i++)
+        strbuf_printf(out, "umbra_mirror_excluded_total{route=\"%s\",cluster=\"%s\"} %lu\n",
+                      t->mirrors[i].route, t->mirrors[i].cluster,
+                      (unsigned long)t->mirrors[i].excluded);
     strbuf_printf(out,
                   "# HELP umbra_mirror_memory_bytes Bytes held by mirror copies now.\n"
                   "# TYPE umbra_mirror_memory_bytes gauge\n"
@@ -353,8 +360,9 @@ void stats_render_json(struct strbuf *out)
                   (long)atomic_load(&stats_mirror_memory_bytes));
     for (int i = 0; i < t->nmirrors; i++) {
         const struct stats_mirror *m = &t->mirrors[i];
-        strbuf_printf(out, "%s{\"route\":\"%s\",\"cluster\":\"%s\",\"sampled_out\":%lu", i ? "," : "",
-                      m->route, m->cluster, (unsigned long)m->sampled_out);
+        strbuf_printf(out, "%s{\"route\":\"%s\",\"cluster\":\"%s\",\"sampled_out\":%lu,\"excluded\":%lu",
+                      i ? "," : "", m->route, m->cluster, (unsigned long)m->sampled_out,
+                      (unsigned long)m->excluded);
         for (int o = 0; o < MO_COUNT; o++)
             strbuf_printf(out, ",\"%s\":%lu", outcome_names[o], (unsigned long)m->outcomes[o]);
         strbuf_puts(out, "}");

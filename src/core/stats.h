@@ -74,6 +74,7 @@ struct stats_mirror {
     char cluster[STATS_NAME_MAX];
     uint64_t outcomes[MO_COUNT];
     uint64_t sampled_out;
+    uint64_t excluded;          /* a match rule said no */
 };
 
 struct stats_cluster {

@@ -53,6 +53,7 @@ struct h1s {
     size_t listener;
     struct cfg_limits limits;
     char client_ip[48];
+    struct sockaddr_storage peer;
     enum h1s_state state;
 
     struct ibuf in;
@@ -387,6 +388,7 @@ static int build_request(struct h1s *c, struct stream *s, const struct h1_reques
     m->length_known = r->body == H1_BODY_LENGTH;
     m->content_length = r->content_length;
     memcpy(m->client_ip, c->client_ip, sizeof m->client_ip);
+    m->client_addr = (const struct sockaddr *)&c->peer;
     return 0;
 }
 
@@ -870,6 +872,8 @@ void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t li
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->limits = w->cur->snap->cfg->listeners[listener].limits;
     net_format_ip(peer, c->client_ip, sizeof c->client_ip);
+    memcpy(&c->peer, peer, peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                       : sizeof(struct sockaddr_in));
     bufq_init(&c->out);
     c->state = H1S_HEAD;
     ev_io_init(&c->io, h1s_io_cb, fd, EV_READ);

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "http/h1.h"
 
@@ -25,6 +26,7 @@ struct http_request {
     struct h1_str request_id;  /* the client's x-request-id, or generated */
     struct h1_str forwarded_for; /* the client's X-Forwarded-For value, empty if none */
     char client_ip[48];
+    const struct sockaddr *client_addr; /* the peer (borrowed from the codec; for source_cidrs) */
     bool tls;                  /* arrived over TLS: X-Forwarded-Proto https */
 };
 

@@ -15,9 +15,9 @@
 #define EMAIL_LABEL_MAX 63
 #define CARD_MIN 13
 #define CARD_MAX 19
-#define CARD_GROUP_MIN 3   /* separated digits come in groups of 3 or more */
-#define BEARER_MIN 8       /* shorter "tokens" are words: "bearer of" */
-#define BEARER_PLAIN_MIN 20/* a token of letters only must be at least this long */
+#define CARD_GROUP_MIN 3    /* separated digits come in groups of 3 or more */
+#define BEARER_MIN 8        /* shorter "tokens" are words: "bearer of" */
+#define BEARER_PLAIN_MIN 20 /* a token of letters only must be at least this long */
 #define JWT_HEADER_DECODE 1536
 
 struct name_bit {
@@ -26,9 +26,9 @@ struct name_bit {
 };
 
 static const struct name_bit names[] = {
-    {"email", DETECT_EMAIL},       {"credit_card", DETECT_CREDIT_CARD},
-    {"jwt", DETECT_JWT},           {"bearer_token", DETECT_BEARER_TOKEN},
-    {"us_ssn", DETECT_US_SSN},     {"ipv4", DETECT_IPV4},
+    {"email", DETECT_EMAIL},   {"credit_card", DETECT_CREDIT_CARD},
+    {"jwt", DETECT_JWT},       {"bearer_token", DETECT_BEARER_TOKEN},
+    {"us_ssn", DETECT_US_SSN}, {"ipv4", DETECT_IPV4},
 };
 
 unsigned detect_from_name(const char *name)
@@ -324,9 +324,12 @@ static bool try_word(unsigned mask, const char *s, size_t n, size_t i, struct de
     size_t st = 0, len;
     if (is_digit(c)) {
         bool decimal = prev == '.' && i >= 2 && is_digit((unsigned char)s[i - 2]);
-        if ((mask & DETECT_CREDIT_CARD) && !decimal) consider(out, &found, i, try_card(s, n, i), DETECT_CREDIT_CARD);
-        if ((mask & DETECT_US_SSN) && prev != '-') consider(out, &found, i, try_ssn(s, n, i), DETECT_US_SSN);
-        if ((mask & DETECT_IPV4) && prev != '.') consider(out, &found, i, try_ipv4(s, n, i), DETECT_IPV4);
+        if ((mask & DETECT_CREDIT_CARD) && !decimal)
+            consider(out, &found, i, try_card(s, n, i), DETECT_CREDIT_CARD);
+        if ((mask & DETECT_US_SSN) && prev != '-')
+            consider(out, &found, i, try_ssn(s, n, i), DETECT_US_SSN);
+        if ((mask & DETECT_IPV4) && prev != '.')
+            consider(out, &found, i, try_ipv4(s, n, i), DETECT_IPV4);
     }
     if ((mask & DETECT_JWT) && c == 'e' && prev != '-' && prev != '_' && prev != '.')
         consider(out, &found, i, try_jwt(s, n, i), DETECT_JWT);

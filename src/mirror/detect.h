@@ -12,12 +12,12 @@
 
 /** Detector bits, combined in cfg_scrub_policy.detectors. */
 enum detect_kind {
-    DETECT_EMAIL = 1u << 0,       /* RFC 5322 dot-atom@domain, alphabetic TLD */
-    DETECT_CREDIT_CARD = 1u << 1, /* 13-19 digits (groups of 3+ split by " " or "-"), Luhn */
-    DETECT_JWT = 1u << 2,         /* base64url.base64url.base64url?, header decodes to "{" */
-    DETECT_BEARER_TOKEN = 1u << 3,/* "Bearer <token68>": the token part */
-    DETECT_US_SSN = 1u << 4,      /* ddd-dd-dddd without area 000/666/9xx, group 00, serial 0000 */
-    DETECT_IPV4 = 1u << 5,        /* four decimal octets 0-255, no leading zeros */
+    DETECT_EMAIL = 1u << 0,        /* RFC 5322 dot-atom@domain, alphabetic TLD */
+    DETECT_CREDIT_CARD = 1u << 1,  /* 13-19 digits (groups of 3+ split by " " or "-"), Luhn */
+    DETECT_JWT = 1u << 2,          /* base64url.base64url.base64url?, header decodes to "{" */
+    DETECT_BEARER_TOKEN = 1u << 3, /* "Bearer <token68>": the token part */
+    DETECT_US_SSN = 1u << 4,       /* ddd-dd-dddd without area 000/666/9xx, group 00, serial 0000 */
+    DETECT_IPV4 = 1u << 5,         /* four decimal octets 0-255, no leading zeros */
 };
 
 /** Every detector. */

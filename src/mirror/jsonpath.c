@@ -39,19 +39,23 @@ static void bit_set(struct jsonpath_state *st, size_t p) { st->w[p / 64] |= 1ull
 
 /* ---- parsing ------------------------------------------------------------ */
 
+/* Names are unescaped into one pool while parsing and copied out only when
+ * the whole path is good: a failed parse has exactly one buffer to free. */
 struct jp_parse {
     const char *text, *p;
-    struct jsonpath_step steps[MAX_STEPS_PER_PATH];
+    struct jsonpath_step steps[MAX_STEPS_PER_PATH]; /* .name unset until committed */
+    size_t name_off[MAX_STEPS_PER_PATH];            /* a JP_NAME's key in pool */
     size_t nsteps;
-    char *why;
-    size_t wn;
-    size_t *err_off;
+    char *pool; /* strlen(text) + 1 bytes */
+    size_t used;
+    const char *msg; /* the first error, and where */
+    size_t off;
 };
 
 static int perr(struct jp_parse *ps, const char *at, const char *msg)
 {
-    if (ps->why && ps->wn) snprintf(ps->why, ps->wn, "%s", msg);
-    if (ps->err_off) *ps->err_off = (size_t)(at - ps->text);
+    ps->msg = msg;
+    ps->off = (size_t)(at - ps->text);
     return -1;
 }
 
@@ -61,14 +65,26 @@ static bool name_char(unsigned char c)
            c == '-' || c == '$' || c >= 0x80;
 }
 
-static int push_step(struct jp_parse *ps, const char *at, struct jsonpath_step st)
+/* Checked before a step is built, so a refused step owns nothing. */
+static int room(struct jp_parse *ps, const char *at)
 {
-    if (ps->nsteps == MAX_STEPS_PER_PATH) {
-        free(st.name);
-        return perr(ps, at, "too many steps (at most 64)");
-    }
+    if (ps->nsteps < MAX_STEPS_PER_PATH) return 0;
+    return perr(ps, at, "too many steps (at most 64)");
+}
+
+static int push_step(struct jp_parse *ps, struct jsonpath_step st)
+{
     ps->steps[ps->nsteps++] = st;
     return 0;
+}
+
+/* A JP_NAME step whose key is pool[from .. used). */
+static int push_name(struct jp_parse *ps, bool desc, size_t from)
+{
+    ps->name_off[ps->nsteps] = from;
+    return push_step(ps, (struct jsonpath_step){.sel = JP_NAME,
+                                                .descendant = desc,
+                                                .name_len = ps->used - from});
 }
 
 static char *dup_range(const char *p, size_t n)
@@ -84,18 +100,20 @@ static char *dup_range(const char *p, size_t n)
 static int parse_dotted(struct jp_parse *ps, bool desc)
 {
     const char *start = ps->p;
+    if (room(ps, start) < 0) return -1;
     if (*start == '*') {
         ps->p++;
-        return push_step(ps, start, (struct jsonpath_step){.sel = JP_ANY, .descendant = desc});
+        return push_step(ps, (struct jsonpath_step){.sel = JP_ANY, .descendant = desc});
     }
     while (name_char((unsigned char)*ps->p)) ps->p++;
     if (ps->p == start) {
         if (!*start) return perr(ps, start, "expected a name or * after \".\"");
         return perr(ps, start, "unexpected character; quote unusual keys: ['my key']");
     }
-    size_t n = (size_t)(ps->p - start);
-    return push_step(ps, start, (struct jsonpath_step){.sel = JP_NAME, .descendant = desc,
-                                                        .name = dup_range(start, n), .name_len = n});
+    size_t from = ps->used, n = (size_t)(ps->p - start);
+    memcpy(ps->pool + from, start, n);
+    ps->used += n;
+    return push_name(ps, desc, from);
 }
 
 /* 'name' or "name" with \\, \' and \" escapes; p is on the opening quote. */
@@ -103,31 +121,22 @@ static int parse_quoted(struct jp_parse *ps, bool desc)
 {
     char quote = *ps->p++;
     const char *start = ps->p;
-    char *buf = malloc(strlen(start) + 1);
-    size_t n = 0;
-    if (!buf) abort();
+    size_t from = ps->used;
     for (;;) {
         char c = *ps->p;
-        if (!c) {
-            free(buf);
-            return perr(ps, start - 1, "unterminated quoted name");
-        }
+        if (!c) return perr(ps, start - 1, "unterminated quoted name");
         ps->p++;
         if (c == quote) break;
         if (c == '\\') {
             char e = *ps->p;
-            if (e != '\\' && e != '\'' && e != '"') {
-                free(buf);
+            if (e != '\\' && e != '\'' && e != '"')
                 return perr(ps, ps->p - 1, "unknown escape (use \\\\, \\' or \\\")");
-            }
             ps->p++;
             c = e;
         }
-        buf[n++] = c;
+        ps->pool[ps->used++] = c;
     }
-    buf[n] = '\0';
-    return push_step(ps, start - 1, (struct jsonpath_step){.sel = JP_NAME, .descendant = desc,
-                                                            .name = buf, .name_len = n});
+    return push_name(ps, desc, from);
 }
 
 static int parse_index(struct jp_parse *ps, bool desc)
@@ -139,7 +148,7 @@ static int parse_index(struct jp_parse *ps, bool desc)
         v = v * 10 + (uint64_t)(*ps->p++ - '0');
     }
     if (ps->p - start > 1 && *start == '0') return perr(ps, start, "index with a leading zero");
-    return push_step(ps, start, (struct jsonpath_step){.sel = JP_INDEX, .descendant = desc, .index = v});
+    return push_step(ps, (struct jsonpath_step){.sel = JP_INDEX, .descendant = desc, .index = v});
 }
 
 /* [*], [n], ['name'] or ["name"]; p is on "[". */
@@ -148,9 +157,10 @@ static int parse_bracket(struct jp_parse *ps, bool desc)
     const char *open = ps->p++;
     int rc;
     char c = *ps->p;
+    if (room(ps, open) < 0) return -1;
     if (c == '*') {
         ps->p++;
-        rc = push_step(ps, open, (struct jsonpath_step){.sel = JP_ANY, .descendant = desc});
+        rc = push_step(ps, (struct jsonpath_step){.sel = JP_ANY, .descendant = desc});
     } else if (c == '\'' || c == '"') {
         rc = parse_quoted(ps, desc);
     } else if (c >= '0' && c <= '9') {
@@ -183,25 +193,34 @@ static int parse_segment(struct jp_parse *ps)
     return parse_dotted(ps, true);
 }
 
-static void free_steps(struct jp_parse *ps)
+static int parse_path(struct jp_parse *ps)
 {
-    for (size_t i = 0; i < ps->nsteps; i++) free(ps->steps[i].name);
+    if (*ps->p != '$')
+        return perr(ps, ps->p, "a JSON path starts with \"$\" (e.g. \"$.password\")");
+    ps->p++;
+    while (*ps->p)
+        if (parse_segment(ps) < 0) return -1;
+    return 0;
 }
 
-int jsonpath_set_add(struct jsonpath_set *s, const char *text, size_t *err_off, char *why, size_t wn)
+int jsonpath_set_add(struct jsonpath_set *s, const char *text, size_t *err_off, char *why,
+                     size_t wn)
 {
-    struct jp_parse ps = {.text = text, .p = text, .why = why, .wn = wn, .err_off = err_off};
-    if (*ps.p != '$') return perr(&ps, ps.p, "a JSON path starts with \"$\" (e.g. \"$.password\")");
-    ps.p++;
-    while (*ps.p)
-        if (parse_segment(&ps) < 0) {
-            free_steps(&ps);
-            return -1;
-        }
-    if (s->npos + ps.nsteps + 1 > JSONPATH_MAX_POSITIONS) {
-        free_steps(&ps);
-        return perr(&ps, text, "too many JSON paths in one policy (256 steps in all)");
+    struct jp_parse ps = {.text = text, .p = text, .pool = malloc(strlen(text) + 1)};
+    if (!ps.pool) abort();
+    int rc = parse_path(&ps);
+    if (rc == 0 && s->npos + ps.nsteps + 1 > JSONPATH_MAX_POSITIONS)
+        rc = perr(&ps, text, "too many JSON paths in one policy (256 steps in all)");
+    if (rc < 0) {
+        free(ps.pool);
+        if (why && wn) snprintf(why, wn, "%s", ps.msg);
+        if (err_off) *err_off = ps.off;
+        return -1;
     }
+    for (size_t i = 0; i < ps.nsteps; i++)
+        if (ps.steps[i].sel == JP_NAME)
+            ps.steps[i].name = dup_range(ps.pool + ps.name_off[i], ps.steps[i].name_len);
+    free(ps.pool);
     s->steps = xrealloc(s->steps, (s->npos + ps.nsteps + 1) * sizeof *s->steps);
     bit_set(&s->root, s->npos);
     memcpy(s->steps + s->npos, ps.steps, ps.nsteps * sizeof *ps.steps);
@@ -241,9 +260,10 @@ static void step(const struct jsonpath_set *s, const struct jsonpath_state *pare
             size_t p = wi * 64 + (size_t)__builtin_ctzll(w);
             w &= w - 1;
             const struct jsonpath_step *st = &s->steps[p];
-            bool hit = st->sel == JP_ANY ||
-                       (key && st->sel == JP_NAME && st->name_len == len && !memcmp(st->name, key, len)) ||
-                       (!key && st->sel == JP_INDEX && st->index == index);
+            bool hit =
+                st->sel == JP_ANY ||
+                (key && st->sel == JP_NAME && st->name_len == len && !memcmp(st->name, key, len)) ||
+                (!key && st->sel == JP_INDEX && st->index == index);
             if (hit) bit_set(child, p + 1);
             if (st->descendant) bit_set(child, p);
         }

@@ -27,20 +27,20 @@ enum jsonpath_sel {
 
 struct jsonpath_step {
     enum jsonpath_sel sel;
-    bool descendant;  /* written "..": may skip any number of levels first */
-    char *name;       /* JP_NAME: the key, unescaped (owned) */
+    bool descendant; /* written "..": may skip any number of levels first */
+    char *name;      /* JP_NAME: the key, unescaped (owned) */
     size_t name_len;
-    uint64_t index;   /* JP_INDEX */
+    uint64_t index; /* JP_INDEX */
 };
 
 /** A set of compiled paths; build with jsonpath_set_add, free with jsonpath_set_free. */
 struct jsonpath_set {
     struct jsonpath_step *steps; /* positions: every path's steps then its JP_END */
     size_t npos;
-    size_t nwords;               /* words of a state in use */
+    size_t nwords; /* words of a state in use */
     size_t npaths;
-    struct jsonpath_state root;  /* the state at the document's top value */
-    struct jsonpath_state ends;  /* the JP_END positions */
+    struct jsonpath_state root; /* the state at the document's top value */
+    struct jsonpath_state ends; /* the JP_END positions */
 };
 
 /** An empty set (owned by the caller). Aborts when out of memory. */

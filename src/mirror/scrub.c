@@ -14,6 +14,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -27,7 +28,8 @@
 #define JSON_MAX_DEPTH 128
 #define BUDGET_STRIDE 8192 /* bytes of work between two clock reads */
 #define ZCHUNK 16384
-#define HASH_HEX 32        /* 16 bytes of HMAC-SHA256, hex */
+#define HASH_HEX 32               /* 16 bytes of HMAC-SHA256, hex */
+#define KEEP_SCRATCH (256u << 10) /* larger scratch buffers are freed after use */
 
 /* ---- arena: strings of a scrubbed head, stable until scrub_head_free ---- */
 
@@ -64,14 +66,89 @@ void scrub_head_free(struct scrub_head *out)
     }
 }
 
+/* ---- per-thread state ---------------------------------------------------------
+ *
+ * zlib streams and scratch buffers are kept per thread and reset, not
+ * allocated per copy: a deflate state is ~270 KiB, and mapping and faulting
+ * it in on every gzip'd body cost more than the compression. A pthread key
+ * frees it when the thread ends (no cleanup call needed); big scratch
+ * buffers are dropped after use, so a thread keeps little between bodies. */
+
+enum { ZGZIP, ZZLIB, ZRAW, ZKINDS };
+
+struct scrub_state {
+    struct strbuf a, b, c;         /* value scratch (lent to a struct sctx) */
+    struct strbuf plain, scrubbed; /* a coded body decoded, and scrubbed */
+    z_stream inf;
+    bool inf_ready;
+    z_stream def[ZKINDS];
+    bool def_ready[ZKINDS];
+};
+
+static pthread_once_t state_once = PTHREAD_ONCE_INIT;
+static pthread_key_t state_key;
+static bool state_key_ok;
+
+static void state_free(void *arg)
+{
+    struct scrub_state *st = arg;
+    if (!st) return;
+    strbuf_free(&st->a);
+    strbuf_free(&st->b);
+    strbuf_free(&st->c);
+    strbuf_free(&st->plain);
+    strbuf_free(&st->scrubbed);
+    if (st->inf_ready) inflateEnd(&st->inf);
+    for (int i = 0; i < ZKINDS; i++)
+        if (st->def_ready[i]) deflateEnd(&st->def[i]);
+    free(st);
+}
+
+static void state_key_make(void) { state_key_ok = pthread_key_create(&state_key, state_free) == 0; }
+
+/* This thread's state, or NULL (out of memory: callers then fail closed or
+ * fall back to their own buffers). */
+static struct scrub_state *state(void)
+{
+    pthread_once(&state_once, state_key_make);
+    if (!state_key_ok) return NULL;
+    struct scrub_state *st = pthread_getspecific(state_key);
+    if (st) return st;
+    st = calloc(1, sizeof *st);
+    if (st && pthread_setspecific(state_key, st) != 0) {
+        free(st);
+        st = NULL;
+    }
+    return st;
+}
+
+void scrub_thread_cleanup(void)
+{
+    pthread_once(&state_once, state_key_make);
+    if (!state_key_ok) return;
+    state_free(pthread_getspecific(state_key));
+    pthread_setspecific(state_key, NULL);
+}
+
+/* Keeps a scratch buffer for the next body unless it grew big. */
+static void scratch_return(struct strbuf *sb)
+{
+    if (sb->cap > KEEP_SCRATCH)
+        strbuf_free(sb);
+    else
+        strbuf_reset(sb);
+}
+
 /* ---- context: budget and scratch ------------------------------------------ */
 
 struct sctx {
     const struct cfg_scrub_policy *p;
-    uint64_t deadline_ns;  /* 0 = none */
-    size_t work;           /* bytes since the last clock read */
+    uint64_t deadline_ns; /* 0 = none */
+    size_t work;          /* bytes since the last clock read */
     bool over;
-    struct strbuf a, b, c; /* scratch */
+    struct strbuf *a, *b, *c; /* scratch: the thread's, or own[] without thread state */
+    struct strbuf own[3];
+    struct scrub_state *st;
 };
 
 static uint64_t now_ns(void)
@@ -86,13 +163,18 @@ static void sctx_init(struct sctx *cx, const struct cfg_scrub_policy *p, uint64_
     memset(cx, 0, sizeof *cx);
     cx->p = p;
     if (budget_us) cx->deadline_ns = now_ns() + budget_us * 1000u;
+    cx->st = state();
+    cx->a = cx->st ? &cx->st->a : &cx->own[0];
+    cx->b = cx->st ? &cx->st->b : &cx->own[1];
+    cx->c = cx->st ? &cx->st->c : &cx->own[2];
 }
 
 static void sctx_free(struct sctx *cx)
 {
-    strbuf_free(&cx->a);
-    strbuf_free(&cx->b);
-    strbuf_free(&cx->c);
+    scratch_return(cx->a);
+    scratch_return(cx->b);
+    scratch_return(cx->c);
+    for (int i = 0; i < 3; i++) strbuf_free(&cx->own[i]);
 }
 
 /* True once the budget is spent; reads the clock every BUDGET_STRIDE bytes. */
@@ -142,20 +224,27 @@ static int hexval(unsigned char c)
 /* Percent-decodes leniently, as servers do: a "%" without two hex digits stays. */
 static void pct_decode(const char *s, size_t n, bool plus, struct strbuf *out)
 {
+    size_t i = 0, run = 0;
     strbuf_reset(out);
     strbuf_append(out, "", 0);
-    for (size_t i = 0; i < n; i++) {
+    while (i < n) {
         char c = s[i];
         int h, l;
         if (c == '%' && i + 2 < n && (h = hexval((unsigned char)s[i + 1])) >= 0 &&
             (l = hexval((unsigned char)s[i + 2])) >= 0) {
             c = (char)(h << 4 | l);
-            i += 2;
         } else if (plus && c == '+') {
             c = ' ';
+        } else {
+            i++;
+            continue;
         }
+        strbuf_append(out, s + run, i - run); /* the plain run before this escape */
         strbuf_append(out, &c, 1);
+        i += s[i] == '%' ? 3 : 1;
+        run = i;
     }
+    strbuf_append(out, s + run, n - run);
 }
 
 static bool has_pct(const char *s, size_t n, bool plus)
@@ -163,26 +252,33 @@ static bool has_pct(const char *s, size_t n, bool plus)
     return memchr(s, '%', n) || (plus && memchr(s, '+', n));
 }
 
+static bool unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
 /* Percent-encodes all but unreserved characters and `safe`. */
 static void pct_encode(const char *s, size_t n, const char *safe, struct strbuf *out)
 {
     static const char hex[] = "0123456789ABCDEF";
+    size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    (c && strchr("-._~", c)) || (c && strchr(safe, c));
-        if (keep) {
-            strbuf_append(out, &s[i], 1);
-        } else {
-            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            strbuf_append(out, e, 3);
-        }
+        if (unreserved(c) || (c && strchr(safe, c))) continue;
+        char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+        strbuf_append(out, s + run, i - run);
+        strbuf_append(out, e, 3);
+        run = i + 1;
     }
+    strbuf_append(out, s + run, n - run);
 }
 
-#define SAFE_QUERY ""           /* form and query values: encode everything else */
+#define SAFE_QUERY "" /* form and query values: encode everything else */
 #define SAFE_PATH "!$&'()*+,;=:@"
-#define SAFE_HEADER "!$&'()*+,;=:/@"
+/* A header value's own encoding is unknown: only "%" (and what a field
+ * value cannot hold) is escaped, so the text stays readable. */
+#define SAFE_HEADER " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
 /* Appends what action a writes for the value v (as the application reads
  * it: decoded). `encode` percent-encodes a replacement. -1 if a hash fails. */
@@ -193,8 +289,10 @@ static int emit_action(const struct cfg_scrub_action *a, const char *v, size_t n
     switch (a->kind) {
     case CFG_SCRUB_MASK: strbuf_append(out, DETECT_MASK, DETECT_MASK_LEN); return 0;
     case CFG_SCRUB_REPLACE:
-        if (encode) pct_encode(a->value, strlen(a->value), SAFE_QUERY, out);
-        else strbuf_puts(out, a->value);
+        if (encode)
+            pct_encode(a->value, strlen(a->value), SAFE_QUERY, out);
+        else
+            strbuf_puts(out, a->value);
         return 0;
     case CFG_SCRUB_HASH:
         if (scrub_hmac_hex(a->key, a->key_len, v, n, hash) < 0) return -1;
@@ -209,7 +307,8 @@ static const struct cfg_scrub_action *find_action(const struct cfg_scrub_action 
                                                   const char *name, size_t len)
 {
     for (size_t i = 0; i < n; i++)
-        if (strlen(acts[i].name) == len && strncasecmp(acts[i].name, name, len) == 0) return &acts[i];
+        if (strlen(acts[i].name) == len && strncasecmp(acts[i].name, name, len) == 0)
+            return &acts[i];
     return NULL;
 }
 
@@ -223,12 +322,12 @@ static size_t detect_encoded(struct sctx *cx, const char *v, size_t n, bool plus
     size_t mark = out->len;
     size_t found = detect_mask(det, v, n, out);
     if (!has_pct(out->data + mark, out->len - mark, plus)) return found;
-    pct_decode(out->data + mark, out->len - mark, plus, &cx->c);
-    if (!detect_any(det, cx->c.data, cx->c.len)) return found;
+    pct_decode(out->data + mark, out->len - mark, plus, cx->c);
+    if (!detect_any(det, cx->c->data, cx->c->len)) return found;
     out->len = mark;
-    strbuf_reset(&cx->a);
-    found += detect_mask(det, cx->c.data, cx->c.len, &cx->a);
-    pct_encode(cx->a.data, cx->a.len, safe, out);
+    strbuf_reset(cx->a);
+    found += detect_mask(det, cx->c->data, cx->c->len, cx->a);
+    pct_encode(cx->a->data, cx->a->len, safe, out);
     return found;
 }
 
@@ -244,14 +343,14 @@ static int urlenc_pair(struct sctx *cx, const struct cfg_scrub_action *acts, siz
     const char *v = eq ? eq + 1 : s + n;
     size_t vlen = eq ? n - nlen - 1 : 0;
     *drop = false;
-    pct_decode(s, nlen, true, &cx->b);
-    const struct cfg_scrub_action *a = find_action(acts, nacts, cx->b.data, cx->b.len);
+    pct_decode(s, nlen, true, cx->b);
+    const struct cfg_scrub_action *a = find_action(acts, nacts, cx->b->data, cx->b->len);
     if (a) {
         if (a->kind == CFG_SCRUB_REMOVE) return *drop = true, 1;
         strbuf_append(out, s, nlen);
         strbuf_append(out, "=", 1);
-        pct_decode(v, vlen, true, &cx->b);
-        return emit_action(a, cx->b.data, cx->b.len, true, out) < 0 ? -1 : 1;
+        pct_decode(v, vlen, true, cx->b);
+        return emit_action(a, cx->b->data, cx->b->len, true, out) < 0 ? -1 : 1;
     }
     if (!cx->p->detectors) {
         strbuf_append(out, s, n);
@@ -279,8 +378,10 @@ static long scrub_urlencoded(struct sctx *cx, const struct cfg_scrub_action *act
         int rc = urlenc_pair(cx, acts, nacts, s + pos, end - pos, out, &drop);
         if (rc < 0 || spent(cx, end - pos + 1)) return -1;
         changes += rc;
-        if (drop) out->len = mark;
-        else first = false;
+        if (drop)
+            out->len = mark;
+        else
+            first = false;
         if (!amp) break;
         pos = end + 1;
     }
@@ -312,7 +413,8 @@ static int cookie_pair(struct sctx *cx, const char *s, size_t n, struct strbuf *
     size_t nlen = eq ? (size_t)(eq - s) : 0;
     const char *v = eq ? eq + 1 : s;
     size_t vlen = eq ? n - nlen - 1 : n;
-    const struct cfg_scrub_action *a = eq ? find_action(cx->p->cookies, cx->p->ncookies, s, nlen) : NULL;
+    const struct cfg_scrub_action *a =
+        eq ? find_action(cx->p->cookies, cx->p->ncookies, s, nlen) : NULL;
     *drop = false;
     if (a) {
         if (a->kind == CFG_SCRUB_REMOVE) return *drop = true, 1;
@@ -343,8 +445,10 @@ static int scrub_cookie(struct sctx *cx, struct h1_str v, struct strbuf *out, bo
         bool drop;
         if (!first) strbuf_append(out, "; ", 2);
         if (cookie_pair(cx, v.p + pos, e - pos, out, &drop) < 0) return -1;
-        if (drop) out->len = mark;
-        else first = false;
+        if (drop)
+            out->len = mark;
+        else
+            first = false;
         pos = end;
     }
     if (out->data) out->data[out->len] = '\0';
@@ -357,8 +461,8 @@ static int scrub_field(struct sctx *cx, const http_field *f, bool *drop)
 {
     const struct cfg_scrub_policy *p = cx->p;
     const struct cfg_scrub_action *a = find_action(p->headers, p->nheaders, f->name.p, f->name.len);
-    strbuf_reset(&cx->a);
-    struct strbuf *out = &cx->a;
+    strbuf_reset(cx->a);
+    struct strbuf *out = cx->a;
     *drop = false;
     if (a) {
         if (a->kind == CFG_SCRUB_REMOVE) return *drop = true, 0;
@@ -392,10 +496,10 @@ static int scrub_fields(struct sctx *cx, const struct http_request *in, struct s
         if (scrub_field(cx, &in->fields[i], &drop) < 0) return -1;
         if (drop) continue;
         h->fields[nf].name = in->fields[i].name;
-        if (cx->a.len == in->fields[i].value.len &&
-            (!cx->a.len || !memcmp(cx->a.data, in->fields[i].value.p, cx->a.len)))
+        if (cx->a->len == in->fields[i].value.len &&
+            (!cx->a->len || !memcmp(cx->a->data, in->fields[i].value.p, cx->a->len)))
             h->fields[nf].value = in->fields[i].value;
-        else if (keep(h, &cx->a, &h->fields[nf].value) < 0)
+        else if (keep(h, cx->a, &h->fields[nf].value) < 0)
             return -1;
         nf++;
     }
@@ -416,7 +520,8 @@ static void scrub_path_part(struct sctx *cx, const char *s, size_t n, struct str
         strbuf_append(out, "/", 1);
         pos = end + 1;
     }
-    if (n && s[n - 1] == '/' && (!out->len || out->data[out->len - 1] != '/')) strbuf_append(out, "/", 1);
+    if (n && s[n - 1] == '/' && (!out->len || out->data[out->len - 1] != '/'))
+        strbuf_append(out, "/", 1);
 }
 
 static int scrub_target(struct sctx *cx, const struct http_request *in, struct scrub_head *h)
@@ -427,17 +532,21 @@ static int scrub_target(struct sctx *cx, const struct http_request *in, struct s
     size_t plen = q ? (size_t)(q - t.p) : t.len;
     struct strbuf out = STRBUF_INIT;
     int rc = 0;
-    if (p->detectors) scrub_path_part(cx, t.p, plen, &out);
-    else strbuf_append(&out, t.p, plen);
+    if (p->detectors)
+        scrub_path_part(cx, t.p, plen, &out);
+    else
+        strbuf_append(&out, t.p, plen);
     if (q) {
         strbuf_append(&out, "?", 1);
         if (p->nquery || p->detectors) {
-            if (scrub_urlencoded(cx, p->query, p->nquery, q + 1, t.len - plen - 1, &out) < 0) rc = -1;
+            if (scrub_urlencoded(cx, p->query, p->nquery, q + 1, t.len - plen - 1, &out) < 0)
+                rc = -1;
         } else {
             strbuf_append(&out, q + 1, t.len - plen - 1);
         }
     }
-    if (rc == 0 && (out.len != t.len || memcmp(out.data, t.p, t.len) != 0)) rc = keep(h, &out, &h->req.path);
+    if (rc == 0 && (out.len != t.len || (t.len && memcmp(out.data, t.p, t.len) != 0)))
+        rc = keep(h, &out, &h->req.path);
     strbuf_free(&out);
     return rc;
 }
@@ -476,22 +585,22 @@ static int scrub_forwarded(struct sctx *cx, const struct http_request *in, struc
         return rc;
     }
     if (!p->detectors) return 0;
-    strbuf_reset(&cx->a);
-    if (detect_mask(p->detectors, in->forwarded_for.p, in->forwarded_for.len, &cx->a) &&
-        keep(h, &cx->a, &h->req.forwarded_for) < 0)
+    strbuf_reset(cx->a);
+    if (detect_mask(p->detectors, in->forwarded_for.p, in->forwarded_for.len, cx->a) &&
+        keep(h, cx->a, &h->req.forwarded_for) < 0)
         return -1;
-    strbuf_reset(&cx->a);
-    if (detect_mask(p->detectors, in->client_ip, strlen(in->client_ip), &cx->a))
-        return set_client_ip(h, cx->a.data, cx->a.len);
+    strbuf_reset(cx->a);
+    if (detect_mask(p->detectors, in->client_ip, strlen(in->client_ip), cx->a))
+        return set_client_ip(h, cx->a->data, cx->a->len);
     return 0;
 }
 
 static int scrub_request_id(struct sctx *cx, const struct http_request *in, struct scrub_head *h)
 {
     if (!cx->p->detectors) return 0;
-    strbuf_reset(&cx->a);
-    if (detect_mask(cx->p->detectors, in->request_id.p, in->request_id.len, &cx->a))
-        return keep(h, &cx->a, &h->req.request_id);
+    strbuf_reset(cx->a);
+    if (detect_mask(cx->p->detectors, in->request_id.p, in->request_id.len, cx->a))
+        return keep(h, cx->a, &h->req.request_id);
     return 0;
 }
 
@@ -527,8 +636,8 @@ enum { JW_OK = 0, JW_BAD = -1, JW_BUDGET = -2 };
 struct jw {
     struct sctx *cx;
     const char *p, *end;
-    const char *flushed;   /* input before this is already in out */
-    const char *checked;   /* where the budget was last charged */
+    const char *flushed; /* input before this is already in out */
+    const char *checked; /* where the budget was last charged */
     struct strbuf *out;
     const struct jsonpath_set *paths;
     unsigned det;
@@ -546,7 +655,8 @@ static void jw_replace(struct jw *j, const char *a, const char *b, const char *t
 
 static void jw_ws(struct jw *j)
 {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
 }
 
 static bool is_hex(char c) { return hexval((unsigned char)c) >= 0; }
@@ -567,7 +677,8 @@ static int jw_string(struct jw *j, const char **a, const char **b, bool *esc)
             if (p + 1 >= j->end) return JW_BAD;
             char e = p[1];
             if (e == 'u') {
-                if (j->end - p < 6 || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]) || !is_hex(p[5]))
+                if (j->end - p < 6 || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]) ||
+                    !is_hex(p[5]))
                     return JW_BAD;
                 p += 6;
                 continue;
@@ -583,18 +694,22 @@ static int jw_string(struct jw *j, const char **a, const char **b, bool *esc)
     return JW_OK;
 }
 
+/* Four hex digits, already validated by jw_string. */
 static unsigned hex4(const char *p)
 {
-    return (unsigned)(hexval((unsigned char)p[0]) << 12 | hexval((unsigned char)p[1]) << 8 |
-                      hexval((unsigned char)p[2]) << 4 | hexval((unsigned char)p[3]));
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) v = v << 4 | ((unsigned)hexval((unsigned char)p[i]) & 15u);
+    return v;
 }
 
 static void put_utf8(struct strbuf *out, unsigned cp)
 {
     char u[4];
     size_t n;
-    if (cp < 0x80) u[0] = (char)cp, n = 1;
-    else if (cp < 0x800) u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
+    if (cp < 0x80)
+        u[0] = (char)cp, n = 1;
+    else if (cp < 0x800)
+        u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
     else if (cp < 0x10000)
         u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3f)),
         u[2] = (char)(0x80 | (cp & 0x3f)), n = 3;
@@ -642,19 +757,19 @@ static void jw_detect_string(struct jw *j, const char *a, const char *b, bool es
     const char *text = a;
     size_t n = (size_t)(b - a);
     if (esc) {
-        jw_decode(a, b, &cx->b);
-        text = cx->b.data;
-        n = cx->b.len;
+        jw_decode(a, b, cx->b);
+        text = cx->b->data;
+        n = cx->b->len;
     }
     if (!detect_any(j->det, text, n)) return;
-    strbuf_reset(&cx->a);
-    detect_mask(j->det, text, n, &cx->a);
+    strbuf_reset(cx->a);
+    detect_mask(j->det, text, n, cx->a);
     if (esc) {
-        strbuf_reset(&cx->c);
-        strbuf_json_escape(&cx->c, cx->a.data, cx->a.len);
-        jw_replace(j, a, b, cx->c.data, cx->c.len);
+        strbuf_reset(cx->c);
+        strbuf_json_escape(cx->c, cx->a->data, cx->a->len);
+        jw_replace(j, a, b, cx->c->data, cx->c->len);
     } else {
-        jw_replace(j, a, b, cx->a.data, cx->a.len);
+        jw_replace(j, a, b, cx->a->data, cx->a->len);
     }
 }
 
@@ -669,8 +784,10 @@ static int jw_number(struct jw *j, bool quiet)
 {
     const char *start = j->p;
     if (*j->p == '-') j->p++;
-    if (j->p < j->end && *j->p == '0') j->p++;
-    else if (jw_digits(j) < 0) return JW_BAD;
+    if (j->p < j->end && *j->p == '0')
+        j->p++;
+    else if (jw_digits(j) < 0)
+        return JW_BAD;
     if (j->p < j->end && *j->p == '.') {
         j->p++;
         if (jw_digits(j) < 0) return JW_BAD;
@@ -706,11 +823,15 @@ static const struct jsonpath_state *jw_child(struct jw *j, const struct jsonpath
                                              struct jsonpath_state *buf)
 {
     if (!st) return NULL;
-    if (key) jsonpath_child_key(j->paths, st, key, klen, buf);
-    else jsonpath_child_index(j->paths, st, index, buf);
+    if (key)
+        jsonpath_child_key(j->paths, st, key, klen, buf);
+    else
+        jsonpath_child_index(j->paths, st, index, buf);
     return jsonpath_selected(j->paths, buf) || !jsonpath_dead(j->paths, buf) ? buf : NULL;
 }
 
+/* The walker recurses once per container level; JSON_MAX_DEPTH bounds it. */
+// NOLINTNEXTLINE(misc-no-recursion)
 static int jw_member(struct jw *j, const struct jsonpath_state *st, bool quiet)
 {
     const char *a, *b;
@@ -719,8 +840,8 @@ static int jw_member(struct jw *j, const struct jsonpath_state *st, bool quiet)
     const struct jsonpath_state *child = NULL;
     if (j->p >= j->end || *j->p != '"' || jw_string(j, &a, &b, &esc) < 0) return JW_BAD;
     if (!quiet && st) {
-        if (esc) jw_decode(a, b, &j->cx->b);
-        child = esc ? jw_child(j, st, j->cx->b.data, j->cx->b.len, 0, &buf)
+        if (esc) jw_decode(a, b, j->cx->b);
+        child = esc ? jw_child(j, st, j->cx->b->data, j->cx->b->len, 0, &buf)
                     : jw_child(j, st, a, (size_t)(b - a), 0, &buf);
     }
     if (!quiet && j->det) jw_detect_string(j, a, b, esc);
@@ -731,6 +852,7 @@ static int jw_member(struct jw *j, const struct jsonpath_state *st, bool quiet)
 }
 
 /* Members or elements up to the closing `close`. */
+// NOLINTNEXTLINE(misc-no-recursion)
 static int jw_container(struct jw *j, const struct jsonpath_state *st, bool quiet, char close)
 {
     uint64_t index = 0;
@@ -765,6 +887,7 @@ static int jw_container(struct jw *j, const struct jsonpath_state *st, bool quie
 
 /* One value; `st` NULL when no path can match here; `quiet` inside a value
  * already masked (validated, never rewritten). */
+// NOLINTNEXTLINE(misc-no-recursion)
 static int jw_value(struct jw *j, const struct jsonpath_state *st, bool quiet)
 {
     if ((size_t)(j->p - j->checked) >= BUDGET_STRIDE) {
@@ -797,8 +920,14 @@ static int jw_value(struct jw *j, const struct jsonpath_state *st, bool quiet)
  * holds a partial result: the caller rolls back. */
 static int scrub_json(struct sctx *cx, const char *s, size_t n, struct strbuf *out, size_t *changes)
 {
-    struct jw j = {.cx = cx, .p = s, .end = s + n, .flushed = s, .checked = s, .out = out,
-                   .paths = cx->p->json, .det = cx->p->detectors};
+    struct jw j = {.cx = cx,
+                   .p = s,
+                   .end = s + n,
+                   .flushed = s,
+                   .checked = s,
+                   .out = out,
+                   .paths = cx->p->json,
+                   .det = cx->p->detectors};
     int rc = jw_value(&j, cx->p->json ? &cx->p->json->root : NULL, false);
     if (rc < 0) return rc;
     jw_ws(&j);
@@ -815,6 +944,7 @@ enum body_kind { BODY_JSON, BODY_FORM, BODY_MULTIPART, BODY_TEXT };
 
 static struct h1_str trim(struct h1_str s)
 {
+    if (!s.p) return (struct h1_str){"", 0};
     while (s.len && (s.p[0] == ' ' || s.p[0] == '\t')) s.p++, s.len--;
     while (s.len && (s.p[s.len - 1] == ' ' || s.p[s.len - 1] == '\t')) s.len--;
     return s;
@@ -904,53 +1034,84 @@ static enum coding parse_coding(struct h1_str ce)
 
 /* Inflates s into out (at most `max` bytes); `wbits` as for inflateInit2.
  * Concatenated gzip members are read one after the other. */
+/* A reset inflate stream with window bits `wbits`: the thread's, or `local`
+ * when there is no thread state. NULL if zlib cannot set one up. */
+static z_stream *inflater(struct sctx *cx, int wbits, z_stream *local)
+{
+    struct scrub_state *st = cx->st;
+    if (st && st->inf_ready) return inflateReset2(&st->inf, wbits) == Z_OK ? &st->inf : NULL;
+    z_stream *z = st ? &st->inf : local;
+    memset(z, 0, sizeof *z);
+    if (inflateInit2(z, wbits) != Z_OK) return NULL;
+    if (st) st->inf_ready = true;
+    return z;
+}
+
+static z_stream *deflater(struct sctx *cx, int wbits, z_stream *local)
+{
+    struct scrub_state *st = cx->st;
+    int k = wbits > 15 ? ZGZIP : wbits > 0 ? ZZLIB : ZRAW;
+    if (st && st->def_ready[k]) return deflateReset(&st->def[k]) == Z_OK ? &st->def[k] : NULL;
+    z_stream *z = st ? &st->def[k] : local;
+    memset(z, 0, sizeof *z);
+    /* Level 1: the copy is for a shadow, the budget is 2 ms, ratio barely matters. */
+    if (deflateInit2(z, 1, Z_DEFLATED, wbits, 8, Z_DEFAULT_STRATEGY) != Z_OK) return NULL;
+    if (st) st->def_ready[k] = true;
+    return z;
+}
+
+/* Inflates s into out (at most `max` bytes); `wbits` as for inflateInit2.
+ * Concatenated gzip members are read one after the other. */
 static int inflate_all(struct sctx *cx, const char *s, size_t n, int wbits, uint64_t max,
                        struct strbuf *out)
 {
-    z_stream z;
+    z_stream local, *z;
     unsigned char buf[ZCHUNK];
     int rc;
-    memset(&z, 0, sizeof z);
-    if (n > UINT32_MAX || inflateInit2(&z, wbits) != Z_OK) return -1;
-    z.next_in = (unsigned char *)(uintptr_t)s;
-    z.avail_in = (uInt)n;
+    if (n > UINT32_MAX || !(z = inflater(cx, wbits, &local))) return -1;
+    z->next_in = (unsigned char *)(uintptr_t)s;
+    z->avail_in = (uInt)n;
     for (;;) {
-        z.next_out = buf;
-        z.avail_out = sizeof buf;
-        rc = inflate(&z, Z_NO_FLUSH);
-        size_t got = sizeof buf - z.avail_out;
+        z->next_out = buf;
+        z->avail_out = sizeof buf;
+        rc = inflate(z, Z_NO_FLUSH);
+        size_t got = sizeof buf - z->avail_out;
         strbuf_append(out, buf, got);
         if (out->len > max || spent(cx, got + 1)) break;
         if (rc == Z_STREAM_END) {
-            if (z.avail_in == 0) break;
-            if (wbits < 16 || inflateReset(&z) != Z_OK) { rc = Z_DATA_ERROR; break; }
+            if (z->avail_in == 0) break;
+            if (wbits < 16 || inflateReset(z) != Z_OK) {
+                rc = Z_DATA_ERROR;
+                break;
+            }
             continue;
         }
-        if (rc != Z_OK || (got == 0 && z.avail_in == 0)) { rc = Z_DATA_ERROR; break; }
+        if (rc != Z_OK || (got == 0 && z->avail_in == 0)) {
+            rc = Z_DATA_ERROR;
+            break;
+        }
     }
-    inflateEnd(&z);
-    return rc == Z_STREAM_END && z.avail_in == 0 && out->len <= max && !cx->over ? 0 : -1;
+    bool ok = rc == Z_STREAM_END && z->avail_in == 0 && out->len <= max && !cx->over;
+    if (z == &local) inflateEnd(z);
+    return ok ? 0 : -1;
 }
 
 static int deflate_all(struct sctx *cx, const char *s, size_t n, int wbits, struct strbuf *out)
 {
-    z_stream z;
+    z_stream local, *z;
     unsigned char buf[ZCHUNK];
     int rc;
-    memset(&z, 0, sizeof z);
-    /* Level 1: the copy is for a shadow, the budget is 2 ms, ratio barely matters. */
-    if (n > UINT32_MAX || deflateInit2(&z, 1, Z_DEFLATED, wbits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-        return -1;
-    z.next_in = (unsigned char *)(uintptr_t)s;
-    z.avail_in = (uInt)n;
+    if (n > UINT32_MAX || !(z = deflater(cx, wbits, &local))) return -1;
+    z->next_in = (unsigned char *)(uintptr_t)s;
+    z->avail_in = (uInt)n;
     do {
-        z.next_out = buf;
-        z.avail_out = sizeof buf;
-        rc = deflate(&z, Z_FINISH);
-        strbuf_append(out, buf, sizeof buf - z.avail_out);
+        z->next_out = buf;
+        z->avail_out = sizeof buf;
+        rc = deflate(z, Z_FINISH);
+        strbuf_append(out, buf, sizeof buf - z->avail_out);
         if (spent(cx, sizeof buf)) break;
     } while (rc == Z_OK);
-    deflateEnd(&z);
+    if (z == &local) deflateEnd(z);
     return rc == Z_STREAM_END ? 0 : -1;
 }
 
@@ -968,24 +1129,29 @@ static int decode_body(struct sctx *cx, enum coding c, const char *s, size_t n, 
     return inflate_all(cx, s, n, *wbits, max, out);
 }
 
-static int body_coded(struct sctx *cx, enum coding c, struct h1_str ct, const char *body, size_t len,
-                      struct strbuf *out)
+static int body_coded(struct sctx *cx, enum coding c, struct h1_str ct, const char *body,
+                      size_t len, struct strbuf *out)
 {
-    int wbits;
-    struct strbuf plain = STRBUF_INIT, scrubbed = STRBUF_INIT;
-    int rc = -1;
-    if (decode_body(cx, c, body, len, &wbits, &plain) < 0) goto out;
-    long changes = scrub_plain(cx, ct, plain.data ? plain.data : "", plain.len, &scrubbed);
+    int wbits, rc = -1;
+    struct strbuf own_plain = STRBUF_INIT, own_scrubbed = STRBUF_INIT;
+    struct strbuf *plain = cx->st ? &cx->st->plain : &own_plain;
+    struct strbuf *scrubbed = cx->st ? &cx->st->scrubbed : &own_scrubbed;
+    strbuf_reset(plain);
+    strbuf_reset(scrubbed);
+    if (decode_body(cx, c, body, len, &wbits, plain) < 0) goto out;
+    long changes = scrub_plain(cx, ct, plain->data ? plain->data : "", plain->len, scrubbed);
     if (changes < 0) goto out;
     if (changes == 0) {
         strbuf_append(out, body, len); /* nothing to hide: the client's own bytes */
         rc = 0;
     } else {
-        rc = deflate_all(cx, scrubbed.data ? scrubbed.data : "", scrubbed.len, wbits, out);
+        rc = deflate_all(cx, scrubbed->data ? scrubbed->data : "", scrubbed->len, wbits, out);
     }
 out:
-    strbuf_free(&plain);
-    strbuf_free(&scrubbed);
+    scratch_return(plain);
+    scratch_return(scrubbed);
+    strbuf_free(&own_plain);
+    strbuf_free(&own_scrubbed);
     return rc;
 }
 
@@ -1001,8 +1167,10 @@ int scrub_body_budget(const struct cfg_scrub_policy *p, struct h1_str content_ty
     if (!body) body = "";
     enum coding c = parse_coding(content_encoding);
     if (c == CODING_UNKNOWN) goto out;
-    if (c != CODING_IDENTITY) rc = body_coded(&cx, c, content_type, body, len, out);
-    else rc = scrub_plain(&cx, content_type, body, len, out) < 0 ? -1 : 0;
+    if (c != CODING_IDENTITY)
+        rc = body_coded(&cx, c, content_type, body, len, out);
+    else
+        rc = scrub_plain(&cx, content_type, body, len, out) < 0 ? -1 : 0;
     if (rc == 0 && spent_now(&cx)) rc = -1;
 out:
     sctx_free(&cx);

@@ -58,9 +58,12 @@ int scrub_body_budget(const struct cfg_scrub_policy *p, struct h1_str content_ty
                       struct h1_str content_encoding, const char *body, size_t len,
                       struct strbuf *out, uint64_t budget_us);
 
+/** Frees this thread's scrub state (zlib streams, scratch) now. Optional: a
+ *  thread's state is also freed when the thread ends. */
+void scrub_thread_cleanup(void);
+
 /** The pseudonym `hash` writes: hex of the first 16 bytes of HMAC-SHA256(key, v)
  *  (32 characters) into out[33], NUL-terminated. -1 if the MAC fails. */
-int scrub_hmac_hex(const unsigned char *key, size_t key_len, const char *v, size_t n,
-                   char out[33]);
+int scrub_hmac_hex(const unsigned char *key, size_t key_len, const char *v, size_t n, char out[33]);
 
 #endif

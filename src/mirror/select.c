@@ -9,6 +9,7 @@
 #include "mirror/select.h"
 
 #include <netinet/in.h>
+#include <pthread.h>
 #include <string.h>
 #include <strings.h>
 
@@ -17,20 +18,44 @@ static const unsigned char sample_key[16] = {
     'u', 'm', 'b', 'r', 'a', '.', 's', 'a', 'm', 'p', 'l', 'e', '.', 'v', '1', 0x5a,
 };
 
-static _Thread_local pcre2_match_data *match_data;
+/* One match data per thread, freed by a pthread key's destructor when the
+ * thread ends, so no worker has to remember a cleanup call. */
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static pthread_key_t md_key;
+static bool md_key_ok;
+
+static void md_free(void *md) { pcre2_match_data_free(md); }
+static void md_key_make(void) { md_key_ok = pthread_key_create(&md_key, md_free) == 0; }
+
+static pcre2_match_data *match_data(void)
+{
+    pthread_once(&md_once, md_key_make);
+    if (!md_key_ok) return NULL;
+    pcre2_match_data *md = pthread_getspecific(md_key);
+    if (md) return md;
+    md = pcre2_match_data_create(1, NULL);
+    if (md && pthread_setspecific(md_key, md) != 0) {
+        pcre2_match_data_free(md);
+        md = NULL;
+    }
+    return md;
+}
 
 void select_thread_cleanup(void)
 {
-    pcre2_match_data_free(match_data);
-    match_data = NULL;
+    pthread_once(&md_once, md_key_make);
+    if (!md_key_ok) return;
+    pcre2_match_data_free(pthread_getspecific(md_key));
+    pthread_setspecific(md_key, NULL);
 }
 
 /* 1 match, 0 no match, -1 could not tell (out of memory, match limit): each
  * caller turns -1 into the answer that mirrors less. */
 static int re_match(const pcre2_code *re, const char *s, size_t n)
 {
-    if (!match_data && !(match_data = pcre2_match_data_create(1, NULL))) return -1;
-    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, match_data, NULL);
+    pcre2_match_data *md = match_data();
+    if (!md) return -1;
+    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, md, NULL);
     return rc >= 0 ? 1 : rc == PCRE2_ERROR_NOMATCH ? 0 : -1;
 }
 
@@ -47,10 +72,20 @@ static uint64_t le64(const unsigned char *p)
 
 static void sip_round(uint64_t v[4])
 {
-    v[0] += v[1]; v[1] = rotl(v[1], 13); v[1] ^= v[0]; v[0] = rotl(v[0], 32);
-    v[2] += v[3]; v[3] = rotl(v[3], 16); v[3] ^= v[2];
-    v[0] += v[3]; v[3] = rotl(v[3], 21); v[3] ^= v[0];
-    v[2] += v[1]; v[1] = rotl(v[1], 17); v[1] ^= v[2]; v[2] = rotl(v[2], 32);
+    v[0] += v[1];
+    v[1] = rotl(v[1], 13);
+    v[1] ^= v[0];
+    v[0] = rotl(v[0], 32);
+    v[2] += v[3];
+    v[3] = rotl(v[3], 16);
+    v[3] ^= v[2];
+    v[0] += v[3];
+    v[3] = rotl(v[3], 21);
+    v[3] ^= v[0];
+    v[2] += v[1];
+    v[1] = rotl(v[1], 17);
+    v[1] ^= v[2];
+    v[2] = rotl(v[2], 32);
 }
 
 static void sip_block(uint64_t v[4], uint64_t m)
@@ -119,7 +154,8 @@ static bool next_cookie(struct h1_str v, size_t *pos, struct h1_str *name, struc
     return false;
 }
 
-bool select_cookie(const struct http_request *req, const char *name, size_t len, struct h1_str *value)
+bool select_cookie(const struct http_request *req, const char *name, size_t len,
+                   struct h1_str *value)
 {
     for (size_t i = 0; i < req->nfields; i++) {
         if (!name_is(req->fields[i].name, "cookie", 6)) continue;
@@ -169,8 +205,10 @@ bool select_cidr_match(const struct cfg_cidr *cidrs, size_t n, const struct sock
         if (!memcmp(v6, mapped, sizeof mapped)) v4 = v6 + 12;
     }
     for (size_t i = 0; i < n; i++) {
-        if (cidrs[i].family == AF_INET && v4 && prefix_eq(v4, cidrs[i].addr, cidrs[i].prefix)) return true;
-        if (cidrs[i].family == AF_INET6 && v6 && prefix_eq(v6, cidrs[i].addr, cidrs[i].prefix)) return true;
+        if (cidrs[i].family == AF_INET && v4 && prefix_eq(v4, cidrs[i].addr, cidrs[i].prefix))
+            return true;
+        if (cidrs[i].family == AF_INET6 && v6 && prefix_eq(v6, cidrs[i].addr, cidrs[i].prefix))
+            return true;
     }
     return false;
 }
@@ -222,7 +260,8 @@ static bool cookies_ok(const struct cfg_mirror_match *mm, const struct http_requ
     for (size_t r = 0; r < mm->ncookies; r++) {
         struct h1_str v;
         const struct cfg_value_match *vm = &mm->cookies[r];
-        if (!select_cookie(req, vm->name, strlen(vm->name), &v) || re_match(vm->regex, v.p, v.len) != 1)
+        if (!select_cookie(req, vm->name, strlen(vm->name), &v) ||
+            re_match(vm->regex, v.p, v.len) != 1)
             return false;
     }
     return true;
@@ -244,8 +283,10 @@ static bool sample_value(const struct cfg_sample_by *sb, const struct http_reque
                          struct h1_str *v)
 {
     bool found = false;
-    if (sb->source == CFG_SAMPLE_HEADER) found = find_header(req, sb->name, v);
-    else if (sb->source == CFG_SAMPLE_COOKIE) found = select_cookie(req, sb->name, strlen(sb->name), v);
+    if (sb->source == CFG_SAMPLE_HEADER)
+        found = find_header(req, sb->name, v);
+    else if (sb->source == CFG_SAMPLE_COOKIE)
+        found = select_cookie(req, sb->name, strlen(sb->name), v);
     return found && v->len > 0;
 }
 

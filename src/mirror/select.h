@@ -50,7 +50,8 @@ bool select_cookie(const struct http_request *req, const char *name, size_t len,
 /** True if `client` is inside one of the CIDRs (v4 rules match v4-mapped v6). */
 bool select_cidr_match(const struct cfg_cidr *cidrs, size_t n, const struct sockaddr *client);
 
-/** Frees this thread's regex match data (call when a worker thread ends). */
+/** Frees this thread's regex match data now. Optional: it is also freed
+ *  when the thread ends. */
 void select_thread_cleanup(void);
 
 #endif

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -16,6 +17,8 @@
 #include "upstream/forward.h"
 #include "upstream/h1_request.h"
 #include "upstream/pool.h"
+#include "mirror/scrub.h"
+#include "mirror/select.h"
 
 #define MAX_INTERIM 16
 
@@ -44,6 +47,12 @@ struct mcopy {
     unsigned interim;
     ev_timer deadline;
     ev_tstamp t_start;
+    /* With a scrub policy (mirror/scrub.h): */
+    bool have_head;            /* `head` holds the scrubbed head */
+    bool buffering;            /* the policy must see the body: hold it whole, send at the end */
+    bool scrub_pending;        /* the body is whole: scrub and send at the next flush */
+    struct scrub_head head;
+    struct strbuf body;        /* the buffered body (bounded by max_body, else buffer) */
 };
 
 static struct log_ratelimit rl_drop;
@@ -76,7 +85,7 @@ static enum upstream_error upstream_error_for(enum mirror_outcome o)
 
 static void account(struct mcopy *mc)
 {
-    int64_t now = mc->up ? (int64_t)mc->up->out.bytes : 0;
+    int64_t now = (mc->up ? (int64_t)mc->up->out.bytes : 0) + (int64_t)mc->body.len;
     if (now != mc->held) {
         atomic_fetch_add(&stats_mirror_memory_bytes, now - mc->held);
         mc->held = now;
@@ -98,6 +107,7 @@ static void unlink_primary(struct mcopy *mc)
 static void mc_free(void *obj)
 {
     struct mcopy *mc = obj;
+    if (mc->have_head) scrub_head_free(&mc->head);
     wsnap_stream_end(mc->ws);
     free(mc);
 }
@@ -129,6 +139,7 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
         pool_release(mc->up, keep);
         mc->up = NULL;
     }
+    strbuf_free(&mc->body);
     account(mc);
     mc->pool->pending--;
     unlink_primary(mc);
@@ -145,13 +156,6 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 }
 
 /* ---- selection and start ---- */
-
-static bool sampled_in(struct worker *w, uint32_t ppm)
-{
-    if (ppm >= CFG_PPM) return true;
-    if (ppm == 0) return false;
-    return worker_random(w) % CFG_PPM < ppm;
-}
 
 /* Why a copy must not start, or MO_COMPLETED if it may. */
 static enum mirror_outcome admission(struct stream *s, const struct cfg_mirror *m, struct pool *p)
@@ -223,7 +227,22 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     if (mc->up->state == UP_CONNECTING) bound_kernel_buffer(mc->up->tr.fd, m->buffer);
     STAT_INC(mc->cst->requests);
     if (p->cl->timeout_ms) ev_timer_start(s->w->loop, &mc->deadline);
-    h1_write_request_head(&mc->up->out, &s->req, m);
+    const struct http_request *req = &s->req;
+    if (m->scrub) {
+        if (scrub_request_head(m->scrub, &s->req, &mc->head) < 0) {
+            mc_end(mc, MO_DROPPED_SCRUB_FAILED, false); /* fail closed: never the raw head */
+            return;
+        }
+        mc->have_head = true;
+        req = &mc->head.req;
+        if (scrub_wants_body(m->scrub, &s->req)) { /* head and body go out when the body is whole */
+            mc->buffering = true;
+            mc->up_chunked = false;
+            mc->scrub_pending = mc->req_ended; /* an empty body is whole already */
+            return;
+        }
+    }
+    h1_write_request_head(&mc->up->out, req, m);
     if (mc->up->out.bytes > m->buffer) {
         mc_end(mc, MO_DROPPED_OVERFLOW, false);
         return;
@@ -240,7 +259,14 @@ void shadow_start(struct stream *s)
     size_t base = snap->route_mirror_base[route_idx];
     for (size_t j = 0; j < n; j++) {
         struct stats_mirror *mst = s->ws->mstats[base + j];
-        if (!sampled_in(s->w, runtime_ppm(snap->mirror_rt[base + j]))) {
+        enum select_result sel = select_request(&s->route->mirrors[j], &s->req, s->req.client_addr,
+                                                worker_random(s->w),
+                                                runtime_ppm(snap->mirror_rt[base + j]));
+        if (sel == SELECT_EXCLUDED) {
+            STAT_INC(mst->excluded);
+            continue;
+        }
+        if (sel == SELECT_SAMPLED_OUT) {
             STAT_INC(mst->sampled_out);
             continue;
         }
@@ -259,6 +285,22 @@ void shadow_body(struct stream *s, struct chunk *c, const char *p, size_t n)
             mc_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
             continue;
         }
+        if (mc->buffering) {
+            /* A scrubbed body is held whole: at most max_body, else buffer. */
+            uint64_t cap = mc->m->max_body ? mc->m->max_body : mc->m->buffer;
+            if (mc->body.len + n > cap) {
+                mc_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
+                continue;
+            }
+            if (atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) + (int64_t)n >
+                (int64_t)s->ws->snap->cfg->mirror_memory) {
+                mc_end(mc, MO_DROPPED_OVERFLOW, false);
+                continue;
+            }
+            strbuf_append(&mc->body, p, n);
+            account(mc);
+            continue;
+        }
         size_t add = n + (mc->up_chunked ? 20 : 0);
         if (mc->up->out.bytes + add > mc->m->buffer ||
             atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) + (int64_t)add >
@@ -273,10 +315,47 @@ void shadow_body(struct stream *s, struct chunk *c, const char *p, size_t n)
     }
 }
 
+static struct h1_str field_value(const struct http_request *r, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < r->nfields; i++)
+        if (r->fields[i].name.len == len && strncasecmp(r->fields[i].name.p, name, len) == 0)
+            return r->fields[i].value;
+    return (struct h1_str){"", 0};
+}
+
+/* A buffered copy's body is whole: scrub it, then queue head and body
+ * (Content-Length framed; trailers are not sent). False if it was dropped. */
+static bool send_scrubbed(struct mcopy *mc, const struct http_request *orig)
+{
+    struct strbuf out = STRBUF_INIT;
+    if (scrub_body(mc->m->scrub, field_value(orig, "content-type"),
+                   field_value(orig, "content-encoding"), mc->body.data ? mc->body.data : "",
+                   mc->body.len, &out) < 0) {
+        strbuf_free(&out);
+        mc_end(mc, MO_DROPPED_SCRUB_FAILED, false); /* fail closed: never the raw body */
+        return false;
+    }
+    strbuf_free(&mc->body);
+    mc->head.req.has_body = true;
+    mc->head.req.length_known = true;
+    mc->head.req.content_length = out.len;
+    h1_write_request_head(&mc->up->out, &mc->head.req, mc->m);
+    if (out.len) bufq_push_copy(&mc->up->out, out.data, out.len);
+    strbuf_free(&out);
+    mc->buffering = mc->scrub_pending = false;
+    account(mc);
+    return true;
+}
+
 void shadow_body_end(struct stream *s, const http_field *trailers, size_t n)
 {
     for (struct mcopy *mc = s->copies; mc; mc = mc->next) {
         mc->req_ended = true;
+        if (mc->buffering) { /* scrubbed at the next flush, once the primary's bytes are out */
+            mc->scrub_pending = true;
+            continue;
+        }
         if (mc->up_chunked) h1_write_chunked_end(&mc->up->out, trailers, n);
         account(mc);
     }
@@ -298,6 +377,7 @@ void shadow_flush(struct stream *s)
 {
     for (struct mcopy *mc = s->copies, *next; mc; mc = next) {
         next = mc->next;
+        if (mc->scrub_pending && !send_scrubbed(mc, &s->req)) continue;
         if (mc->up && mc->up->state == UP_ACTIVE && mc->up->out.bytes) mc_write(mc);
     }
 }
@@ -306,6 +386,13 @@ void shadow_detach(struct stream *s)
 {
     while (s->copies) {
         struct mcopy *mc = s->copies;
+        if (mc->scrub_pending) { /* the primary is going: send what is ready first */
+            if (!send_scrubbed(mc, &s->req)) continue;
+            if (mc->up->state == UP_ACTIVE) {
+                mc_write(mc);
+                if (mc->done) continue;
+            }
+        }
         if (!mc->req_ended) {
             mc_end(mc, MO_FAILED_RESET, false); /* the client cancelled: not the shadow's fault */
             continue;

@@ -71,7 +71,7 @@ void h1_write_request_head(struct bufq *q, const struct http_request *r, const s
     if (r->forwarded_for.len)
         bufq_printf(q, "X-Forwarded-For: %.*s, %s\r\n", (int)r->forwarded_for.len,
                     r->forwarded_for.p, r->client_ip);
-    else
+    else if (r->client_ip[0]) /* empty when a scrub policy removed X-Forwarded-For */
         bufq_printf(q, "X-Forwarded-For: %s\r\n", r->client_ip);
     bufq_printf(q, "X-Forwarded-Proto: %s\r\nX-Request-Id: %.*s\r\n", r->tls ? "https" : "http",
                 (int)r->request_id.len, r->request_id.p);

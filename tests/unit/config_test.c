@@ -9,6 +9,8 @@
 #include <cmocka.h>
 
 #include "core/config.h"
+#include "mirror/detect.h"
+#include "mirror/jsonpath.h"
 
 #include <arpa/inet.h>
 #include <glob.h>
@@ -717,6 +719,157 @@ static void test_resolve_names_off(void **state)
     free(text);
 }
 
+/* ---- mirror selection and scrub policies (issue 4) ---- */
+
+static void test_scrub_and_selection(void **state)
+{
+    setenv("CFG_TEST_KEY", "k1", 1);
+    setenv("UMBRA_SCRUB_KEY", "default-key", 1);
+    struct config *cfg = expect_ok(
+        LISTENERS CLUSTERS
+        "scrub_policies:\n"
+        "  default:\n"
+        "    headers:\n"
+        "      Authorization: mask\n"
+        "      cookie: remove\n"
+        "      x-user-email: {replace: hidden@example.com}\n"
+        "      x-api-key: {hash: env:CFG_TEST_KEY}\n"
+        "    cookies: {session: hash}\n"
+        "    query: {token: mask, email: hash}\n"
+        "    json: [\"$.password\", \"$.user.email\", \"$..ssn\", \"$.a[0]['b c'][*]\"]\n"
+        "    form: [password, card_number]\n"
+        "    detectors: [email, credit_card, jwt, bearer_token, us_ssn, ipv4]\n"
+        "    budget: 500us\n"
+        "    on_unparseable: text\n"
+        "    max_inflated: 1MiB\n"
+        "  minimal: {}\n"
+        "routes:\n"
+        "  - name: r\n"
+        "    match: {prefix: /}\n"
+        "    cluster: c\n"
+        "    mirrors:\n"
+        "      - cluster: s\n"
+        "        fraction: 10%\n"
+        "        sample_by: {header: X-User-Id, missing: skip}\n"
+        "        match:\n"
+        "          methods: [GET, head]\n"
+        "          exclude_paths: [/login, \"regex:^/admin/\"]\n"
+        "          headers: {X-User-Id: \"^tester-\"}\n"
+        "          cookies: {beta: \"^1$\"}\n"
+        "          source_cidrs: [10.0.0.0/8, \"fd00::/8\", 192.168.1.1]\n"
+        "        scrub: default\n"
+        "      - cluster: c\n"
+        "        sample_by: {cookie: session}\n"
+        "        scrub: minimal\n"
+        "      - cluster: c\n"
+        "        runtime_key: third\n");
+    assert_int_equal(cfg->nscrub_policies, 2);
+    const struct cfg_scrub_policy *p = &cfg->scrub_policies[0];
+    assert_string_equal(p->name, "default");
+    assert_int_equal(p->nheaders, 4);
+    assert_string_equal(p->headers[0].name, "authorization");
+    assert_int_equal(p->headers[0].kind, CFG_SCRUB_MASK);
+    assert_int_equal(p->headers[1].kind, CFG_SCRUB_REMOVE);
+    assert_int_equal(p->headers[2].kind, CFG_SCRUB_REPLACE);
+    assert_string_equal(p->headers[2].value, "hidden@example.com");
+    assert_int_equal(p->headers[3].kind, CFG_SCRUB_HASH);
+    assert_int_equal(p->headers[3].key_len, 2);
+    assert_memory_equal(p->headers[3].key, "k1", 2);
+    assert_int_equal(p->ncookies, 1);
+    assert_memory_equal(p->cookies[0].key, "default-key", 11); /* a bare hash: UMBRA_SCRUB_KEY */
+    assert_int_equal(p->nquery, 2);
+    assert_string_equal(p->query[1].name, "email");
+    assert_int_equal(p->nform, 2);
+    assert_int_equal(p->form[1].kind, CFG_SCRUB_MASK);
+    assert_non_null(p->json);
+    assert_int_equal(p->json->npaths, 4);
+    assert_int_equal(p->detectors, DETECT_ALL);
+    assert_int_equal(p->budget_us, 500);
+    assert_int_equal(p->on_unparseable, CFG_UNPARSEABLE_TEXT);
+    assert_int_equal(p->max_inflated, 1 << 20);
+    const struct cfg_scrub_policy *q = &cfg->scrub_policies[1];
+    assert_int_equal(q->budget_us, 2000); /* defaults */
+    assert_int_equal(q->on_unparseable, CFG_UNPARSEABLE_DROP);
+    assert_int_equal(q->max_inflated, 8 << 20);
+    assert_null(q->json);
+    assert_null(q->hash_key);
+
+    const struct cfg_mirror *m = &cfg->routes[0].mirrors[0];
+    assert_ptr_equal(m->scrub, p);
+    assert_int_equal(m->sample_by.source, CFG_SAMPLE_HEADER);
+    assert_string_equal(m->sample_by.name, "x-user-id");
+    assert_true(m->sample_by.skip_missing);
+    assert_int_equal(m->match.nmethods, 2);
+    assert_string_equal(m->match.methods[1], "HEAD");
+    assert_int_equal(m->match.nexclude_paths, 2);
+    assert_string_equal(m->match.exclude_paths[0].prefix, "/login");
+    assert_null(m->match.exclude_paths[1].prefix);
+    assert_non_null(m->match.exclude_paths[1].regex);
+    assert_int_equal(m->match.nheaders, 1);
+    assert_string_equal(m->match.headers[0].name, "x-user-id");
+    assert_int_equal(m->match.ncookies, 1);
+    assert_int_equal(m->match.nsource_cidrs, 3);
+    assert_int_equal(m->match.source_cidrs[1].family, AF_INET6);
+    assert_int_equal(m->match.source_cidrs[1].prefix, 8);
+    assert_int_equal(m->match.source_cidrs[2].prefix, 32);
+    m = &cfg->routes[0].mirrors[1];
+    assert_ptr_equal(m->scrub, q);
+    assert_int_equal(m->sample_by.source, CFG_SAMPLE_COOKIE);
+    assert_false(m->sample_by.skip_missing);
+    m = &cfg->routes[0].mirrors[2];
+    assert_null(m->scrub);
+    assert_int_equal(m->sample_by.source, CFG_SAMPLE_RANDOM);
+    assert_int_equal(m->match.nmethods + m->match.nexclude_paths + m->match.nsource_cidrs, 0);
+    config_free(cfg);
+}
+
+static void test_scrub_and_selection_errors(void **state)
+{
+    unsetenv("CFG_NO_SUCH_KEY");
+    unsetenv("UMBRA_SCRUB_KEY");
+    expect_errors(
+        LISTENERS CLUSTERS
+        "scrub_policies:\n"
+        "  p:\n"
+        "    headers: {host: remove, x-k: {hash: env:CFG_NO_SUCH_KEY}, x-z: erase, x-h: hash}\n"
+        "    json: [\"$.ok\", \"$.user[\", \"user.email\"]\n"
+        "    detectors: [email, phone]\n"
+        "    on_unparseable: pass\n"
+        "routes:\n"
+        "  - name: r\n"
+        "    match: {prefix: /}\n"
+        "    cluster: c\n"
+        "    mirrors:\n"
+        "      - cluster: s\n"
+        "        scrub: nope\n"
+        "        sample_by: {header: x-user-id, cookie: s}\n"
+        "        match:\n"
+        "          exclude_paths: [/ok, \"regex:^/admin/(\", nope]\n"
+        "          headers: {x-user-id: \"^tester-[\", host: x}\n"
+        "          source_cidrs: [10.0.0.0/8, 10.0.0.1/8, 300.1.1.1, \"::1/129\"]\n"
+        "      - cluster: s\n"
+        "        runtime_key: two\n"
+        "        sample_by: {missing: skip}\n",
+        "t.yaml:5:15: scrub policy \"p\": headers: header \"host\" is managed by umbra and cannot be changed here (use host_suffix)\n"
+        "t.yaml:5:41: scrub policy \"p\": headers: environment variable \"CFG_NO_SUCH_KEY\" is not set (it holds the hash key)\n"
+        "t.yaml:5:68: scrub policy \"p\": headers: unknown action \"erase\" (use mask, remove, hash, {replace: VALUE} or {hash: env:VARIABLE})\n"
+        "t.yaml:5:80: scrub policy \"p\": headers: hash needs a key: set the environment variable UMBRA_SCRUB_KEY, the policy's hash_key, or write {hash: env:VARIABLE}\n"
+        "t.yaml:6:28: scrub policy \"p\": json[1]: bad JSON path \"$.user[\": expected an index, * or a quoted name inside [] (at character 8)\n"
+        "t.yaml:6:32: scrub policy \"p\": json[2]: bad JSON path \"user.email\": a JSON path starts with \"$\" (e.g. \"$.password\") (at character 1)\n"
+        "t.yaml:7:24: scrub policy \"p\": detectors[1]: unknown detector \"phone\" (use email, credit_card, jwt, bearer_token, us_ssn or ipv4)\n"
+        "t.yaml:8:21: scrub policy \"p\": on_unparseable: expected drop (the copy is dropped) or text (scanned by the detectors as text), got \"pass\"\n"
+        "t.yaml:15:16: route \"r\": mirrors[0]: scrub policy \"nope\" is not defined (under scrub_policies)\n"
+        "t.yaml:16:20: route \"r\": mirrors[0]: sample_by: has both header and cookie; use one\n"
+        "t.yaml:18:48: route \"r\": mirrors[0]: match.exclude_paths[1]: invalid regex \"^/admin/(\": missing closing parenthesis at offset 9\n"
+        "t.yaml:18:51: route \"r\": mirrors[0]: match.exclude_paths[2]: \"nope\" must start with \"/\" and hold no spaces (or write \"regex:PATTERN\")\n"
+        "t.yaml:19:42: route \"r\": mirrors[0]: match.headers: invalid regex \"^tester-[\": missing terminating ] for character class at offset 9\n"
+        "t.yaml:19:45: route \"r\": mirrors[0]: match.headers: header \"host\" is handled by umbra itself and cannot be used here\n"
+        "t.yaml:20:38: route \"r\": mirrors[0]: match.source_cidrs[1]: bad CIDR \"10.0.0.1/8\": host bits are set (did you mean \"10.0.0.0/8\"?)\n"
+        "t.yaml:20:50: route \"r\": mirrors[0]: match.source_cidrs[2]: bad CIDR \"300.1.1.1\": \"300.1.1.1\" is not an IPv4 or IPv6 address\n"
+        "t.yaml:20:61: route \"r\": mirrors[0]: match.source_cidrs[3]: bad CIDR \"::1/129\": the prefix length must be a number from 0 to 128\n"
+        "t.yaml:23:20: route \"r\": mirrors[1]: sample_by: needs header or cookie (the value whose hash decides)\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -742,6 +895,8 @@ int main(void)
         cmocka_unit_test(test_parse_percent),
         cmocka_unit_test(test_parse_addr),
         cmocka_unit_test(test_resolve_names_off),
+        cmocka_unit_test(test_scrub_and_selection),
+        cmocka_unit_test(test_scrub_and_selection_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
