@@ -34,7 +34,8 @@ FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
 PYTEST      := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run check unit integration bench fuzz fuzz-build fuzz-replay deps clean asan
+.PHONY: all run check unit integration conformance bench fuzz fuzz-build fuzz-replay deps clean asan \
+        soak soak-short slow-clients lint
 
 all: build/umbra
 
@@ -81,6 +82,28 @@ check: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz-replay
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory conformance
+	@$(MAKE) --no-print-directory soak-short
+
+# HTTP/1.1 framing and smuggling cases, limits, and the fault upstream.
+conformance: build/asan/umbra
+	UMBRA_BIN=$(CURDIR)/build/asan/umbra $(PYTEST) -q -p no:cacheprovider tests/conformance tests/faults $(PYTEST_ARGS)
+
+# Mixed load while the shadow cycles healthy/slow/black-hole/down; fails if
+# RSS or descriptors grow without bound or any primary request fails.
+soak-short: build/asan/umbra
+	UMBRA_BIN=$(CURDIR)/build/asan/umbra /usr/bin/python3 tests/soak/soak.py --minutes 3
+
+soak: deps
+	@$(MAKE) --no-print-directory build/umbra
+	UMBRA_BIN=$(CURDIR)/build/umbra /usr/bin/python3 tests/soak/soak.py --minutes 30
+
+slow-clients: deps
+	@$(MAKE) --no-print-directory build/umbra
+	UMBRA_BIN=$(CURDIR)/build/umbra bash tests/soak/slow_clients.sh
+
+lint: deps
+	bash scripts/lint.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory build/umbra

@@ -220,11 +220,32 @@ static void reject_connection(struct worker *w, int fd)
     STAT_INC(w->stats->downstream_cx_rejected);
 }
 
+int worker_adopt(struct worker *w, int fd, const struct sockaddr *peer, size_t l)
+{
+    /* Each client may cost three descriptors (client, primary, shadow):
+     * refuse it while that could starve upstream connects of fds. */
+    if (atomic_fetch_add(&worker_clients_total, 1) >= worker_client_budget) {
+        atomic_fetch_sub(&worker_clients_total, 1);
+        STAT_INC(w->stats->downstream_cx_fd_reserve);
+        log_ratelimited(&rl_accept, LOG_WARN, "worker", "file descriptors low: refusing clients");
+        reject_connection(w, fd);
+        return -1;
+    }
+    if (atomic_fetch_add(&worker_listener_conns[l], 1) >=
+        w->cur->snap->cfg->listeners[l].limits.max_connections) {
+        atomic_fetch_sub(&worker_listener_conns[l], 1);
+        atomic_fetch_sub(&worker_clients_total, 1);
+        reject_connection(w, fd);
+        return -1;
+    }
+    h1s_accept(w, fd, peer, l);
+    return 0;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct worker *w = io->data;
     size_t l = (size_t)(io - w->listen_io);
-    uint32_t max = w->cur->snap->cfg->listeners[l].limits.max_connections;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
@@ -241,22 +262,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             ev_timer_start(loop, &pause);
             return;
         }
-        /* Each client may cost three descriptors (client, primary, shadow):
-         * refuse it while that could starve upstream connects of fds. */
-        if (atomic_fetch_add(&worker_clients_total, 1) >= worker_client_budget) {
-            atomic_fetch_sub(&worker_clients_total, 1);
-            STAT_INC(w->stats->downstream_cx_fd_reserve);
-            log_ratelimited(&rl_accept, LOG_WARN, "worker", "file descriptors low: refusing clients");
-            reject_connection(w, fd);
-            continue;
-        }
-        if (atomic_fetch_add(&worker_listener_conns[l], 1) >= max) {
-            atomic_fetch_sub(&worker_listener_conns[l], 1);
-            atomic_fetch_sub(&worker_clients_total, 1);
-            reject_connection(w, fd);
-            continue;
-        }
-        h1s_accept(w, fd, (struct sockaddr *)&ss, l);
+        worker_adopt(w, fd, (struct sockaddr *)&ss, l);
     }
 }
 
@@ -314,13 +320,9 @@ struct worker *worker_new(int id, struct worker_stats *stats)
     return w;
 }
 
-static void *worker_main(void *arg)
+/* Drained (or detached): give back copies, pools, snapshots and buffers. */
+static void release_all(struct worker *w)
 {
-    struct worker *w = arg;
-    install(w, atomic_load(&worker_current_snapshot));
-    if (atomic_load(&worker_drain_requested)) start_drain(w);
-    if (!w->draining || w->nconns || w->ncopies) ev_run(w->loop, 0);
-    /* Drained: give back pools and snapshots. */
     stop_listeners(w);
     shadow_abort_all(w);
     if (w->cur) wsnap_retire(w->cur);
@@ -330,7 +332,29 @@ static void *worker_main(void *arg)
     w->listen_io = NULL;
     router_thread_cleanup();
     chunk_thread_cleanup();
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    install(w, atomic_load(&worker_current_snapshot));
+    if (atomic_load(&worker_drain_requested)) start_drain(w);
+    if (!w->draining || w->nconns || w->ncopies) ev_run(w->loop, 0);
+    release_all(w);
     return NULL;
+}
+
+void worker_attach(struct worker *w, struct snapshot *snap) { install(w, snap); }
+
+void worker_detach(struct worker *w)
+{
+    for (struct h1s *c = w->conns, *next; c; c = next) {
+        next = h1s_next(c);
+        h1s_abort(c);
+    }
+    release_all(w);
+    ev_loop_destroy(w->loop);
+    free(w);
 }
 
 int worker_start(struct worker *w)

@@ -94,6 +94,14 @@ extern unsigned worker_client_budget;
 
 /** Creates worker `id`'s loop and state (main thread). */
 struct worker *worker_new(int id, struct worker_stats *stats);
+/** Takes over an accepted client socket (fd reserve and max_connections
+ *  checked: 0, or -1 after answering 503 and closing it). */
+int worker_adopt(struct worker *w, int fd, const struct sockaddr *peer, size_t listener);
+/** In-process harnesses (fuzzing) run a worker without its thread: install
+ *  snap, drive w->loop by hand, then detach (closes and frees everything,
+ *  the loop and w included). */
+void worker_attach(struct worker *w, struct snapshot *snap);
+void worker_detach(struct worker *w);
 /** Starts its thread. Returns 0 or -errno. */
 int worker_start(struct worker *w);
 /** Wakes it to look at the snapshot and drain flag (any thread). */

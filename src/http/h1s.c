@@ -326,13 +326,37 @@ static int split_target(const struct h1_request *r, struct http_request *m)
     return 0;
 }
 
-static int build_request(struct h1s *c, struct stream *s, const struct h1_request *r)
+/* "Transfer_Encoding", "content_length": an upstream that maps "_" to "-"
+ * (CGI-style) would frame the body differently from umbra. */
+static bool framing_lookalike(struct h1_str name)
+{
+    static const char *const framing[] = {"transfer-encoding", "content-length"};
+    if (!memchr(name.p, '_', name.len)) return false;
+    for (size_t k = 0; k < 2; k++) {
+        size_t n = strlen(framing[k]);
+        if (name.len != n) continue;
+        size_t i = 0;
+        while (i < n) {
+            char ch = name.p[i] == '_' ? '-' : name.p[i];
+            if ((ch | 0x20) != framing[k][i] && ch != framing[k][i]) break;
+            i++;
+        }
+        if (i == n) return true;
+    }
+    return false;
+}
+
+static int build_request(struct h1s *c, struct stream *s, const struct h1_request *r,
+                         const char **why)
 {
     struct http_request *m = &s->req;
     m->method = r->method;
     m->version_minor = r->version_minor;
     int rc = split_target(r, m);
-    if (rc) return rc;
+    if (rc) {
+        *why = "malformed request-target";
+        return rc;
+    }
     if (m->authority.len == 0) {
         static const char none[] = "localhost";
         m->authority = (struct h1_str){none, sizeof none - 1};
@@ -344,6 +368,10 @@ static int build_request(struct h1s *c, struct stream *s, const struct h1_reques
     const char *subject_hdr = tls_subject_header(&c->tr); /* the client's own copy never passes */
     for (size_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *f = &r->headers[i];
+        if (framing_lookalike(f->name)) {
+            *why = "a framing header spelled with \"_\"";
+            return 400;
+        }
         if (is_hop_by_hop(f->name)) continue;
         if (subject_hdr && h1_name_is(f->name, subject_hdr)) continue;
         if (has_conn && named_by_connection(r, f->name)) continue;
@@ -423,9 +451,10 @@ static void start_request(struct h1s *c, const struct h1_request *r)
     }
     struct stream *s = stream_new(w, c, c->limits.connection_buffer);
     c->st = s;
-    int rc = build_request(c, s, r);
+    const char *why = NULL;
+    int rc = build_request(c, s, r, &why);
     if (rc) {
-        reject(c, rc, "malformed request-target");
+        reject(c, rc, why);
         return;
     }
     s->head_chunk = chunk_ref(c->in.c);
