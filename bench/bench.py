@@ -2,14 +2,17 @@
 """bench — umbra's load benchmark.
 
 Runs the same wrk load, in one invocation, against the primary directly and
-through each proxy (umbra, NGINX, HAProxy, later the mirror variants), prints
-a table and ratios, and writes build/bench/results.json. Every process is
-started here on free 127.0.0.1 ports from a private temp dir and killed by PID
-on exit. It measures; it asserts nothing about the numbers.
+through each proxy (umbra, NGINX, HAProxy, their mirror variants, and TLS
+termination by umbra and NGINX with the same certificate), measures TLS
+handshake rates (new and resumed) with bench/tls_handshakes.c, prints a table
+and ratios, and writes build/bench/results.json. Every process is started here
+on free 127.0.0.1 ports from a private temp dir and killed by PID on exit. It
+measures; it asserts nothing about the numbers.
 
 Settings come from the environment (see bench/README.md): BENCH_RUNS,
 BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_WARMUP, BENCH_SCENARIOS, BENCH_PRIMARY,
-BENCH_UMBRA, BENCH_OUT, BENCH_KEEP, BENCH_WRK_TIMEOUT.
+BENCH_UMBRA, BENCH_OUT, BENCH_KEEP, BENCH_WRK_TIMEOUT, BENCH_TLS_KEY,
+BENCH_TLS_CONCURRENCY.
 """
 import ctypes
 import http.client
@@ -21,6 +24,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CONF = BENCH / "conf"
 WRK_LUA = BENCH / "wrk_report.lua"
+HANDSHAKE_CLIENT_SRC = BENCH / "tls_handshakes.c"
 
 # The machine has two cores: each proxy gets one to itself; wrk and every
 # backend (primary, shadows) share the other.
@@ -45,6 +50,18 @@ LOAD_CPU = 1
 SHADOW_CONNECT_TIMEOUT = "1s"
 SHADOW_TIMEOUT = "1s"
 SLOW_SHADOW_DELAY = 0.2  # seconds
+
+# TLS scenarios: one certificate, made at bench time by the openssl command,
+# served by both proxies. BENCH_TLS_KEY picks the key type. RSA 2048 is the
+# default because with it the proxy, not the handshake client, is the busier
+# side of a new handshake (an RSA signature costs far more than its check),
+# so handshakes/s compares the proxies; with ECDSA P-256 the client's side
+# costs more than the server's and the client's core saturates first.
+TLS_NAME = "bench.test"
+TLS_KEYS = {
+    "p256": ("ECDSA P-256", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+    "rsa2048": ("RSA 2048", ["-newkey", "rsa:2048"]),
+}
 
 START_DEADLINE = 10.0  # seconds for a process to answer after start
 STOP_GRACE = 3.0       # seconds between SIGTERM and SIGKILL
@@ -81,6 +98,8 @@ class Settings:
     umbra: Path
     out: Path
     keep: bool
+    tls_key: str
+    tls_concurrency: int
 
     @classmethod
     def from_env(cls):
@@ -100,6 +119,9 @@ class Settings:
         if primary not in PRIMARIES:
             sys.exit(f"bench: BENCH_PRIMARY must be one of {', '.join(PRIMARIES)}")
         out = os.environ.get("BENCH_OUT", "").strip()
+        tls_key = os.environ.get("BENCH_TLS_KEY", "").strip() or "rsa2048"
+        if tls_key not in TLS_KEYS:
+            sys.exit(f"bench: BENCH_TLS_KEY must be one of {', '.join(TLS_KEYS)}")
         return cls(
             runs=env_int("BENCH_RUNS", 3),
             seconds=env_int("BENCH_SECONDS", 10),
@@ -112,6 +134,8 @@ class Settings:
             umbra=Path(os.environ.get("BENCH_UMBRA", "") or ROOT / "build" / "umbra"),
             out=Path(out) if out else ROOT / "build" / "bench" / "results.json",
             keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
+            tls_key=tls_key,
+            tls_concurrency=env_int("BENCH_TLS_CONCURRENCY", 16),
         )
 
 
@@ -216,6 +240,35 @@ def http_status(addr):
         conn.close()
 
 
+def insecure_tls_context():
+    """The benchmark's own certificate is self-signed: the start-up check
+    proves the proxy answers, not who it is."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def https_status(addr):
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=1.0, context=insecure_tls_context())
+    try:
+        conn.request("GET", "/", headers={"Host": TLS_NAME})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def tls_session_info(addr):
+    """The protocol and cipher a default OpenSSL client (as wrk is) gets."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2.0) as raw:
+        with insecure_tls_context().wrap_socket(raw, server_hostname=TLS_NAME) as s:
+            return {"protocol": s.version(), "cipher": s.cipher()[0]}
+
+
 def tcp_open(addr):
     host, port = addr.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=1.0):
@@ -269,6 +322,15 @@ class Ctx:
     def wait_http(self, addr, what):
         wait_until(http_status, addr, self.procs, what)
 
+    def wait_ready(self, target, what):
+        """Until the target answers 200, over TLS when its load is TLS."""
+        wait_until(http_status if target.load == "http" else https_status, target.addr,
+                   self.procs, what)
+
+    def tls_cert(self):
+        """(certificate, key) paths of the bench's TLS certificate."""
+        return self.bench.tls_cert()
+
     def wait_tcp(self, addr, what):
         wait_until(tcp_open, addr, self.procs, what)
 
@@ -277,12 +339,19 @@ class Ctx:
             raise BenchError(f"{self.umbra} not found; run `make build/umbra`")
 
 
+# What a target is measured with: wrk over plain HTTP or HTTPS (keep-alive
+# requests), or the TLS handshake client making new or resumed handshakes.
+LOADS = ("http", "https", "tls-new", "tls-resume")
+
+
 @dataclass
 class Target:
-    """A started scenario: where wrk sends its load, and the process whose
-    CPU time is charged to each request (None when there is no proxy)."""
+    """A started scenario: where the load goes, the process whose CPU time is
+    charged to each request or handshake (None when there is no proxy), and
+    which load (LOADS)."""
     addr: str
     proxy: Optional[Proc]
+    load: str = "http"
 
 
 # ---------------------------------------------------- backends and shadows
@@ -352,6 +421,17 @@ def start_haproxy(ctx, template, **values):
     return Target(listen, proxy)
 
 
+def tls_terminating(start_proxy, template, load):
+    """A proxy terminating TLS with the bench's certificate, measured with
+    `load` (https: wrk; tls-new / tls-resume: handshakes)."""
+    def start(ctx):
+        cert, key = ctx.tls_cert()
+        target = start_proxy(ctx, template, CERT=cert, KEY=key)
+        target.load = load
+        return target
+    return start
+
+
 def mirrored(start_proxy, template, shadow):
     def start(ctx):
         shadow_addr = SHADOWS[shadow](ctx)
@@ -369,6 +449,7 @@ class Scenario:
     what: str
     start: Callable[[Ctx], Target]
     default: bool = True
+    unit: str = "request"  # what one "request" of its figures is: "request" or "handshake"
 
 
 # The one list of what is measured. A scenario starts its own processes
@@ -392,6 +473,20 @@ for _shadow, _what in (("fast", "a fast shadow"),
                               mirrored(start_umbra, "umbra-mirror.yaml", _shadow)))
     SCENARIOS.append(Scenario(f"nginx-mirror-{_shadow}", f"NGINX mirror 100% to {_what}",
                               mirrored(start_nginx, "nginx-mirror.conf", _shadow)))
+SCENARIOS += [
+    Scenario("umbra-tls", "umbra terminating TLS, keep-alive HTTPS load, plain to the primary",
+             tls_terminating(start_umbra, "umbra-tls.yaml", "https")),
+    Scenario("nginx-tls", "NGINX terminating TLS, keep-alive HTTPS load, plain to the primary",
+             tls_terminating(start_nginx, "nginx-tls.conf", "https")),
+]
+for _mode, _load, _what in (("new", "tls-new", "new full TLS handshakes"),
+                            ("resumed", "tls-resume", "resumed TLS handshakes (session tickets)")):
+    SCENARIOS.append(Scenario(f"umbra-tls-{_mode}", f"{_what} per second against umbra",
+                              tls_terminating(start_umbra, "umbra-tls.yaml", _load),
+                              unit="handshake"))
+    SCENARIOS.append(Scenario(f"nginx-tls-{_mode}", f"{_what} per second against NGINX",
+                              tls_terminating(start_nginx, "nginx-tls.conf", _load),
+                              unit="handshake"))
 
 # Ratio rows printed when both sides ran: (numerator, denominator).
 COMPARISONS = [
@@ -403,6 +498,12 @@ COMPARISONS = [
     ("umbra-mirror-fast", "umbra"),
     ("umbra-mirror-slow", "umbra-mirror-fast"),
     ("umbra-mirror-blackhole", "umbra-mirror-fast"),
+    ("umbra-tls", "nginx-tls"),
+    ("umbra-tls", "umbra"),
+    ("nginx-tls", "nginx"),
+    ("umbra-tls-new", "nginx-tls-new"),
+    ("umbra-tls-resumed", "nginx-tls-resumed"),
+    ("umbra-tls-resumed", "umbra-tls-new"),
 ]
 
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
@@ -440,21 +541,43 @@ def _stat_fields(pid):
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(settings, addr, seconds):
-    argv = ["taskset", "-c", str(LOAD_CPU), "wrk",
-            "-t", str(settings.threads), "-c", str(settings.connections),
-            "-d", f"{seconds}s", "--latency", "--timeout", f"{settings.wrk_timeout}s",
-            "-s", str(WRK_LUA), f"http://{addr}/"]
+def run_benchjson(what, argv, seconds):
+    """Runs a load generator pinned to LOAD_CPU; returns its BENCHJSON line."""
+    argv = ["taskset", "-c", str(LOAD_CPU)] + [str(a) for a in argv]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
-        raise BenchError(f"wrk did not finish within {seconds + 30}s")
+        raise BenchError(f"{what} did not finish within {seconds + 30}s")
     for line in done.stdout.splitlines():
         if line.startswith("BENCHJSON "):
             return json.loads(line[len("BENCHJSON "):])
-    raise BenchError(f"wrk exited {done.returncode} without results: "
+    raise BenchError(f"{what} exited {done.returncode} without results: "
                      f"{(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def run_wrk(settings, target, seconds):
+    scheme = "https" if target.load == "https" else "http"
+    return run_benchjson("wrk", [
+        "wrk", "-t", settings.threads, "-c", settings.connections,
+        "-d", f"{seconds}s", "--latency", "--timeout", f"{settings.wrk_timeout}s",
+        "-s", WRK_LUA, f"{scheme}://{target.addr}/"], seconds)
+
+
+def run_handshakes(bench, target, seconds):
+    """bench/tls_handshakes: `tls_concurrency` connections in flight, each a
+    connect, a new or resumed handshake (SNI bench.test, ALPN http/1.1) and a
+    clean close; "requests" in its JSON are handshakes."""
+    mode = "resume" if target.load == "tls-resume" else "new"
+    return run_benchjson("tls_handshakes", [
+        bench.handshake_client(), "-m", mode, "-t", seconds,
+        "-c", bench.settings.tls_concurrency, "-s", TLS_NAME, target.addr], seconds)
+
+
+def run_load(bench, target, seconds):
+    if target.load in ("tls-new", "tls-resume"):
+        return run_handshakes(bench, target, seconds)
+    return run_wrk(bench.settings, target, seconds)
 
 
 def machine_busy_ticks():
@@ -489,10 +612,10 @@ def measure(bench, ctx, target):
     that is not ours, the measure of how noisy the run was)."""
     s = bench.settings
     if s.warmup:
-        run_wrk(s, target.addr, s.warmup)
+        run_load(bench, target, s.warmup)
     ours = {f"{p.role}#{p.pid}": p for p in [bench.primary_proc] + ctx.procs}
     before = snapshot(ours)
-    w = run_wrk(s, target.addr, s.seconds)
+    w = run_load(bench, target, s.seconds)
     after = snapshot(ours)
     for p in ours.values():
         if not p.alive():
@@ -501,7 +624,9 @@ def measure(bench, ctx, target):
     wrk_ticks = after["reaped"] - before["reaped"]
     other = after["machine"] - before["machine"] - sum(used.values()) - wrk_ticks
     n, secs = w["requests"], w["duration_us"] / 1e6
+    handshakes = target.load.startswith("tls-")
     row = {
+        "unit": "handshake" if handshakes else "request",
         "requests": n,
         "duration_s": round(secs, 3),
         "rps": round(n / secs, 1) if secs else 0.0,
@@ -512,25 +637,63 @@ def measure(bench, ctx, target):
     proxy = target.proxy
     cpu_figures(row, "proxy", used[f"{proxy.role}#{proxy.pid}"] if proxy else None, n, secs)
     cpu_figures(row, "primary", used[f"primary#{bench.primary_proc.pid}"], n, secs)
-    cpu_figures(row, "wrk", wrk_ticks, n, secs)
+    # The load generator: wrk, or the handshake client (reaped like wrk).
+    cpu_figures(row, "client" if handshakes else "wrk", wrk_ticks, n, secs)
     # Kernel work for loopback that no process is charged with lands here
     # too, so it is a few percent even on an idle machine.
     cpu_figures(row, "other", max(0, other), n, secs)
-    if proxy and proxy.role == "umbra":
+    if handshakes:
+        row["resumed"] = w["resumed"]
+        row["tls"] = {k: w[k] for k in ("protocol", "cipher", "group")}
+    elif target.load == "https":
+        row["tls"] = tls_session_info(target.addr)
+    if proxy and proxy.role == "umbra" and target.load != "http":
+        row["umbra_tls"] = umbra_tls_counters(proxy)
+    elif proxy and proxy.role == "umbra":
         row["mirror_outcomes"] = umbra_mirror_outcomes(proxy)
     return row
 
 
-def umbra_mirror_outcomes(proc):
-    """umbra's mirror outcome counters (summed over routes), read from its
-    admin /metrics, so a mirror scenario shows the copies really went out."""
+def umbra_metrics(proc):
+    """umbra's admin /metrics text (the admin address is in its log), or None."""
     m = re.search(r"admin listening on (\S+)", proc.log.read_text(errors="replace"))
     if not m:
         return None
     try:
         with urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=5) as r:
-            text = r.read().decode()
+            return r.read().decode()
     except OSError:
+        return None
+
+
+def umbra_tls_counters(proc):
+    """umbra's own count of downstream TLS handshakes (by mode), resumptions
+    and handshake errors over the process's life (warm-up and start-up check
+    included), so a TLS scenario shows umbra saw what the client did."""
+    text = umbra_metrics(proc)
+    if text is None:
+        return None
+    out = {"handshakes": {}, "resumed": 0, "errors": {}}
+    pat = re.compile(r'umbra_tls_(handshakes_total|sessions_resumed_total|handshake_errors_total)'
+                     r'\{side="downstream",name="[^"]*"(?:,(?:mode|reason)="([a-z_]+)")?\} (\d+)')
+    for line in text.splitlines():
+        mm = pat.match(line)
+        if not mm or not int(mm.group(3)):
+            continue
+        metric, label, value = mm.group(1), mm.group(2), int(mm.group(3))
+        if metric == "sessions_resumed_total":
+            out["resumed"] += value
+        else:
+            key = "handshakes" if metric == "handshakes_total" else "errors"
+            out[key][label] = out[key].get(label, 0) + value
+    return out
+
+
+def umbra_mirror_outcomes(proc):
+    """umbra's mirror outcome counters (summed over routes), read from its
+    admin /metrics, so a mirror scenario shows the copies really went out."""
+    text = umbra_metrics(proc)
+    if text is None:
         return None
     out = {}
     for line in text.splitlines():
@@ -551,6 +714,51 @@ class Bench:
         self.primary_proc = None
         self.results = {name: {"runs": [], "errors": []} for name in settings.scenarios}
         self.failed = False
+        self.cert = None             # (cert, key), made on first use
+        self.hs_client = None        # the compiled bench/tls_handshakes.c
+        self.hs_client_error = None  # why it could not be compiled
+
+    def tls_cert(self):
+        """The one certificate every TLS scenario serves: self-signed for
+        bench.test and 127.0.0.1, made here by the openssl command."""
+        if self.cert:
+            return self.cert
+        if not shutil.which("openssl"):
+            raise BenchError("openssl not found (the TLS scenarios make their certificate with it)")
+        d = self.tmp / "tls"
+        d.mkdir(exist_ok=True)
+        cert, key = d / "cert.pem", d / "key.pem"
+        argv = ["openssl", "req", "-x509", *TLS_KEYS[self.settings.tls_key][1], "-nodes",
+                "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={TLS_NAME}",
+                "-addext", f"subjectAltName=DNS:{TLS_NAME},IP:127.0.0.1"]
+        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BenchError(f"openssl req failed: {done.stderr.strip()[-300:]}")
+        self.cert = (cert, key)
+        return self.cert
+
+    def handshake_client(self):
+        """bench/tls_handshakes.c, compiled once per bench run into the temp
+        dir (it is small; a build there is never stale)."""
+        if self.hs_client:
+            return self.hs_client
+        if self.hs_client_error:
+            raise BenchError(self.hs_client_error)
+        out = self.tmp / "tls_handshakes"
+        libs = subprocess.run(["pkg-config", "--cflags", "--libs", "libssl", "libcrypto"],
+                              capture_output=True, text=True).stdout.split() or ["-lssl", "-lcrypto"]
+        argv = [os.environ.get("CC") or "cc", "-std=c17", "-D_GNU_SOURCE", "-O2", "-Wall",
+                "-o", str(out), str(HANDSHAKE_CLIENT_SRC)] + libs
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            failed = done.returncode != 0 and f"{' '.join(argv)}: {done.stderr.strip()[-400:]}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            failed = f"{argv[0]}: {e}"
+        if failed:
+            self.hs_client_error = f"cannot build the handshake client: {failed}"
+            raise BenchError(self.hs_client_error)
+        self.hs_client = out
+        return out
 
     def start_primary(self):
         ctx = Ctx(self, "primary")
@@ -565,7 +773,7 @@ class Bench:
             ctx = Ctx(self, scenario.name)
             try:
                 target = scenario.start(ctx)
-                ctx.wait_http(target.addr, scenario.name)
+                ctx.wait_ready(target, scenario.name)
                 return measure(self, ctx, target)
             except (BenchError, OSError) as e:
                 last = e
@@ -592,11 +800,7 @@ class Bench:
                     print(f"FAILED: {e}")
                     continue
                 self.results[name]["runs"].append(row)
-                print(f"{row['rps']:>10,.0f} req/s  p99 {row['latency_us']['p99'] / 1000:6.2f} ms"
-                      f"  proxy CPU {fmt(row['proxy_cpu_util'], '4.0%')}"
-                      f"  other {fmt(row['other_cpu_util'], '4.0%')}"
-                      + (f"  errors {row['errors_total']}" if row["errors_total"] else "")
-                      + (f"  copies {row['mirror_outcomes']}" if row.get("mirror_outcomes") else ""))
+                print(progress_line(row))
 
     def cleanup(self):
         self.procs.stop_all()
@@ -604,6 +808,27 @@ class Bench:
             print(f"bench: kept logs and configs in {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def progress_line(row):
+    """One measured run, as printed while the bench goes on."""
+    unit = "hs/s " if row["unit"] == "handshake" else "req/s"
+    line = (f"{row['rps']:>10,.0f} {unit}  p99 {row['latency_us']['p99'] / 1000:6.2f} ms"
+            f"  proxy CPU {fmt(row['proxy_cpu_util'], '4.0%')}"
+            f"  other {fmt(row['other_cpu_util'], '4.0%')}")
+    if row["errors_total"]:
+        line += f"  errors {row['errors_total']}"
+    if row["unit"] == "handshake":
+        line += f"  resumed {fmt(row['resumed'] / row['requests'] if row['requests'] else None, '.1%')}"
+    if row.get("tls"):
+        line += "  " + " ".join(v for v in row["tls"].values() if v)
+    if row.get("umbra_tls"):
+        u = row["umbra_tls"]
+        line += (f"  umbra: handshakes {u['handshakes']} resumed {u['resumed']}"
+                 + (f" errors {u['errors']}" if u["errors"] else ""))
+    if row.get("mirror_outcomes"):
+        line += f"  copies {row['mirror_outcomes']}"
+    return line
 
 
 # ----------------------------------------------------------------- summary
@@ -618,11 +843,16 @@ def summarize(runs):
         return None
     flat = [dict(r, **{f"p{k[1:]}_us": v for k, v in r["latency_us"].items()
                        if k.startswith("p")}) for r in runs]
+    for r in flat:
+        if "resumed" in r:
+            r["resumed_share"] = r["resumed"] / r["requests"] if r["requests"] else None
     keys = ["rps", "p50_us", "p90_us", "p99_us", "p99_9_us",
             "proxy_cpu_us_per_req", "proxy_cpu_util",
             "primary_cpu_us_per_req", "primary_cpu_util",
-            "wrk_cpu_us_per_req", "wrk_cpu_util", "other_cpu_util"]
-    out = {k: median_of(flat, k) for k in keys}
+            "wrk_cpu_us_per_req", "wrk_cpu_util",
+            "client_cpu_us_per_req", "client_cpu_util", "resumed_share", "other_cpu_util"]
+    out = {"unit": runs[0]["unit"]}
+    out.update({k: median_of(flat, k) for k in keys})
     out["requests_total"] = sum(r["requests"] for r in runs)
     out["errors_total"] = sum(r["errors_total"] for r in runs)
     return out
@@ -641,7 +871,7 @@ def comparisons(medians):
         if not ma or not mb:
             continue
         rows.append({
-            "name": f"{a} / {b}", "numerator": a, "denominator": b,
+            "name": f"{a} / {b}", "numerator": a, "denominator": b, "unit": ma["unit"],
             "rps": ratio(ma["rps"], mb["rps"]),
             "p99": ratio(ma["p99_us"], mb["p99_us"]),
             "cpu_per_req": ratio(ma["proxy_cpu_us_per_req"], mb["proxy_cpu_us_per_req"]),
@@ -653,41 +883,84 @@ def fmt(value, spec, scale=1.0):
     return "-" if value is None else format(value * scale, spec)
 
 
-def print_table(settings, medians, ratios, results):
-    print()
+def failed_line(name, results):
+    errors = results[name]["errors"]
+    why = errors[-1].splitlines()[0] if errors else "not run"
+    return f"{name:<24}  FAILED: {why}"
+
+
+def print_requests(settings, names, medians, results):
+    tls = any(n.endswith("-tls") for n in names)
     print(f"umbra bench: median of {settings.runs} run(s) x {settings.seconds}s, "
           f"{settings.connections} keep-alive connections, wrk 1 thread; "
           f"proxy on CPU {PROXY_CPU}, wrk + backends on CPU {LOAD_CPU}; "
-          f"primary: {settings.primary}")
+          f"primary: {settings.primary}"
+          + (f"; TLS: {TLS_KEYS[settings.tls_key][0]} certificate" if tls else ""))
     head = (f"{'scenario':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
             f"{'proxy us/req':>14}{'proxy CPU':>11}{'primary us/req':>16}{'other CPU':>11}"
             f"{'errors':>8}")
     print(head)
     print("-" * len(head))
-    for name in settings.scenarios:
+    for name in names:
         m = medians.get(name)
         if not m:
-            errors = results[name]["errors"]
-            why = errors[-1].splitlines()[0] if errors else "not run"
-            print(f"{name:<24}  FAILED: {why}")
+            print(failed_line(name, results))
             continue
         print(f"{name:<24}{fmt(m['rps'], ',.0f'):>10}{fmt(m['p50_us'], '.2f', 1e-3):>9}"
               f"{fmt(m['p99_us'], '.2f', 1e-3):>9}{fmt(m['proxy_cpu_us_per_req'], '.2f'):>14}"
               f"{fmt(m['proxy_cpu_util'], '.0%'):>11}{fmt(m['primary_cpu_us_per_req'], '.2f'):>16}"
               f"{fmt(m['other_cpu_util'], '.0%'):>11}{m['errors_total']:>8}")
+
+
+def print_handshakes(settings, names, medians, results):
+    print(f"TLS handshakes: median of {settings.runs} run(s) x {settings.seconds}s, "
+          f"{settings.tls_concurrency} connections in flight (bench/tls_handshakes.c), "
+          f"{TLS_KEYS[settings.tls_key][0]} certificate; proxy on CPU {PROXY_CPU}, "
+          f"client on CPU {LOAD_CPU}")
+    head = (f"{'scenario':<24}{'hs/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'proxy us/hs':>14}{'proxy CPU':>11}{'client CPU':>12}{'resumed':>9}"
+            f"{'other CPU':>11}{'errors':>8}")
+    print(head)
+    print("-" * len(head))
+    for name in names:
+        m = medians.get(name)
+        if not m:
+            print(failed_line(name, results))
+            continue
+        print(f"{name:<24}{fmt(m['rps'], ',.0f'):>10}{fmt(m['p50_us'], '.2f', 1e-3):>9}"
+              f"{fmt(m['p99_us'], '.2f', 1e-3):>9}{fmt(m['proxy_cpu_us_per_req'], '.1f'):>14}"
+              f"{fmt(m['proxy_cpu_util'], '.0%'):>11}{fmt(m['client_cpu_util'], '.0%'):>12}"
+              f"{fmt(m['resumed_share'], '.1%'):>9}{fmt(m['other_cpu_util'], '.0%'):>11}"
+              f"{m['errors_total']:>8}")
+
+
+def print_ratios(rows, unit, per):
+    if not rows:
+        return
+    print()
+    print(f"ratios of medians ({unit}/s: higher is better; p99, CPU/{per}: lower is better)")
+    head = f"{'':<44}{unit + '/s':>8}{'p99':>8}{'CPU/' + per:>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['name']:<44}{fmt(r['rps'], '.2f'):>8}{fmt(r['p99'], '.2f'):>8}"
+              f"{fmt(r['cpu_per_req'], '.2f'):>9}")
+
+
+def print_table(settings, medians, ratios, results):
+    by_unit = {"request": [], "handshake": []}
+    for name in settings.scenarios:
+        by_unit[SCENARIO_BY_NAME[name].unit].append(name)
+    for unit, printer in (("request", print_requests), ("handshake", print_handshakes)):
+        if by_unit[unit]:
+            print()
+            printer(settings, by_unit[unit], medians, results)
     noisy = [n for n, m in medians.items() if m and (m["other_cpu_util"] or 0) > NOISY_OTHER]
     if noisy:
         print(f"warning: other work used more than {NOISY_OTHER:.0%} of a core during "
               f"{', '.join(noisy)}: those figures are noisy")
-    if ratios:
-        print()
-        print("ratios of medians (req/s: higher is better; p99, CPU/req: lower is better)")
-        head = f"{'':<44}{'req/s':>8}{'p99':>8}{'CPU/req':>9}"
-        print(head)
-        print("-" * len(head))
-        for r in ratios:
-            print(f"{r['name']:<44}{fmt(r['rps'], '.2f'):>8}{fmt(r['p99'], '.2f'):>8}"
-                  f"{fmt(r['cpu_per_req'], '.2f'):>9}")
+    print_ratios([r for r in ratios if r["unit"] == "request"], "req", "req")
+    print_ratios([r for r in ratios if r["unit"] == "handshake"], "hs", "hs")
 
 
 def tool_version(argv):
@@ -713,11 +986,14 @@ def meta(settings):
         "wrk_threads": settings.threads, "wrk_timeout_seconds": settings.wrk_timeout,
         "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU,
         "primary": settings.primary,
+        "tls_certificate": TLS_KEYS[settings.tls_key][0],
+        "tls_handshake_concurrency": settings.tls_concurrency,
         "shadow_timeout": SHADOW_TIMEOUT, "slow_shadow_delay_s": SLOW_SHADOW_DELAY,
         "versions": {
             "nginx": tool_version(["nginx", "-v"]),
             "haproxy": tool_version(["haproxy", "-v"]),
             "wrk": tool_version(["wrk", "-v"]),
+            "openssl": tool_version(["openssl", "version"]),
         },
     }
 
