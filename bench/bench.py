@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CONF = BENCH / "conf"
 WRK_LUA = BENCH / "wrk_report.lua"
+WRK_POST_JSON_LUA = BENCH / "wrk_post_json.lua"
 HANDSHAKE_CLIENT_SRC = BENCH / "tls_handshakes.c"
 
 # The machine has two cores: each proxy gets one to itself; wrk and every
@@ -324,8 +325,8 @@ class Ctx:
 
     def wait_ready(self, target, what):
         """Until the target answers 200, over TLS when its load is TLS."""
-        wait_until(http_status if target.load == "http" else https_status, target.addr,
-                   self.procs, what)
+        plain = target.load in ("http", "post-json")
+        wait_until(http_status if plain else https_status, target.addr, self.procs, what)
 
     def tls_cert(self):
         """(certificate, key) paths of the bench's TLS certificate."""
@@ -432,12 +433,14 @@ def tls_terminating(start_proxy, template, load):
     return start
 
 
-def mirrored(start_proxy, template, shadow):
+def mirrored(start_proxy, template, shadow, load="http"):
     def start(ctx):
         shadow_addr = SHADOWS[shadow](ctx)
-        return start_proxy(ctx, template, SHADOW=shadow_addr,
-                           SHADOW_CONNECT_TIMEOUT=SHADOW_CONNECT_TIMEOUT,
-                           SHADOW_TIMEOUT=SHADOW_TIMEOUT)
+        target = start_proxy(ctx, template, SHADOW=shadow_addr,
+                             SHADOW_CONNECT_TIMEOUT=SHADOW_CONNECT_TIMEOUT,
+                             SHADOW_TIMEOUT=SHADOW_TIMEOUT)
+        target.load = load
+        return target
     return start
 
 
@@ -474,6 +477,14 @@ for _shadow, _what in (("fast", "a fast shadow"),
     SCENARIOS.append(Scenario(f"nginx-mirror-{_shadow}", f"NGINX mirror 100% to {_what}",
                               mirrored(start_nginx, "nginx-mirror.conf", _shadow)))
 SCENARIOS += [
+    # Issue 4: the same 1 KiB JSON POST load, mirrored to a fast shadow with
+    # and without a scrub policy; the primary's p99 must not move.
+    Scenario("umbra-mirror-json", "umbra mirroring 100% of 1 KiB JSON POSTs to a fast shadow",
+             mirrored(start_umbra, "umbra-mirror.yaml", "fast", "post-json")),
+    Scenario("umbra-mirror-scrub", "the same, the copies scrubbed (JSON paths + detectors)",
+             mirrored(start_umbra, "umbra-mirror-scrub.yaml", "fast", "post-json")),
+]
+SCENARIOS += [
     Scenario("umbra-tls", "umbra terminating TLS, keep-alive HTTPS load, plain to the primary",
              tls_terminating(start_umbra, "umbra-tls.yaml", "https")),
     Scenario("nginx-tls", "NGINX terminating TLS, keep-alive HTTPS load, plain to the primary",
@@ -498,6 +509,7 @@ COMPARISONS = [
     ("umbra-mirror-fast", "umbra"),
     ("umbra-mirror-slow", "umbra-mirror-fast"),
     ("umbra-mirror-blackhole", "umbra-mirror-fast"),
+    ("umbra-mirror-scrub", "umbra-mirror-json"),
     ("umbra-tls", "nginx-tls"),
     ("umbra-tls", "umbra"),
     ("nginx-tls", "nginx"),
@@ -558,10 +570,11 @@ def run_benchjson(what, argv, seconds):
 
 def run_wrk(settings, target, seconds):
     scheme = "https" if target.load == "https" else "http"
+    script = WRK_POST_JSON_LUA if target.load == "post-json" else WRK_LUA
     return run_benchjson("wrk", [
         "wrk", "-t", settings.threads, "-c", settings.connections,
         "-d", f"{seconds}s", "--latency", "--timeout", f"{settings.wrk_timeout}s",
-        "-s", WRK_LUA, f"{scheme}://{target.addr}/"], seconds)
+        "-s", script, f"{scheme}://{target.addr}/"], seconds)
 
 
 def run_handshakes(bench, target, seconds):
@@ -647,7 +660,7 @@ def measure(bench, ctx, target):
         row["tls"] = {k: w[k] for k in ("protocol", "cipher", "group")}
     elif target.load == "https":
         row["tls"] = tls_session_info(target.addr)
-    if proxy and proxy.role == "umbra" and target.load != "http":
+    if proxy and proxy.role == "umbra" and target.load not in ("http", "post-json"):
         row["umbra_tls"] = umbra_tls_counters(proxy)
     elif proxy and proxy.role == "umbra":
         row["mirror_outcomes"] = umbra_mirror_outcomes(proxy)
@@ -1009,6 +1022,24 @@ def _exit_on_signal(signum, _frame):
     raise SystemExit(128 + signum)
 
 
+def scrub_throughput():
+    """Issue 4's figure: the scrubber's MB/s per core for 1 KiB and 64 KiB
+    JSON bodies (and forms, gzip, text), from bench/scrub_bench.c built -O2
+    and pinned to the proxy's core. Returns its lines."""
+    out = Path(tempfile.mkdtemp(prefix="umbra-scrub-")) / "scrub_bench"
+    pkgs = subprocess.run(["pkg-config", "--cflags", "--libs", "libpcre2-8", "libcrypto", "zlib"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    srcs = ["bench/scrub_bench.c", "src/mirror/scrub.c", "src/mirror/detect.c",
+            "src/mirror/jsonpath.c", "src/core/strbuf.c"]
+    subprocess.run(["gcc", "-std=c17", "-D_GNU_SOURCE", "-Isrc", "-O2", "-o", str(out), *srcs, *pkgs],
+                   check=True)
+    res = subprocess.run(["taskset", "-c", str(PROXY_CPU), str(out)], capture_output=True,
+                         text=True, timeout=300, check=True)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    print(res.stdout.rstrip() + "\n")
+    return res.stdout.splitlines()
+
+
 def main():
     if len(sys.argv) > 1:
         if sys.argv[1] == "--list":
@@ -1032,6 +1063,8 @@ def main():
     print(f"bench: {len(settings.scenarios)} scenario(s) x {settings.runs} run(s) "
           f"x ({settings.warmup}s warm-up + {settings.seconds}s), about {estimate}s")
     doc = {"meta": meta(settings)}
+    if os.environ.get("BENCH_SCRUB", "1") != "0":
+        doc["scrub_throughput"] = scrub_throughput()
     bench = Bench(settings)
     try:
         bench.start_primary()
