@@ -1580,8 +1580,10 @@ static bool reserved_header(const char *lower)
     return false;
 }
 
-/* A lowercase copy of a valid, non-reserved header name, or NULL. */
-static char *header_name(struct loader *ld, const yaml_node_t *n)
+/* A lowercase copy of a valid header name that `refused` does not refuse,
+ * or NULL after reporting why. */
+static char *checked_header_name(struct loader *ld, const yaml_node_t *n,
+                                 bool (*refused)(const char *lower), const char *why)
 {
     const char *s = scalar(ld, n, "a header name");
     if (!s) return NULL;
@@ -1591,13 +1593,19 @@ static char *header_name(struct loader *ld, const yaml_node_t *n)
     }
     char *name = xstrdup(s);
     lowercase(name);
-    if (reserved_header(name)) {
-        err(ld, n, "header %s is managed by umbra and cannot be changed here%s", q(ld, name),
-            !strcmp(name, "host") ? " (use host_suffix)" : "");
+    if (refused(name)) {
+        err(ld, n, "header %s %s%s", q(ld, name), why,
+            refused == reserved_header && !strcmp(name, "host") ? " (use host_suffix)" : "");
         free(name);
         return NULL;
     }
     return name;
+}
+
+/* A header a mirror may set or remove: not one umbra writes itself. */
+static char *header_name(struct loader *ld, const yaml_node_t *n)
+{
+    return checked_header_name(ld, n, reserved_header, "is managed by umbra and cannot be changed here");
 }
 
 static bool header_value_ok(const char *v)
@@ -1720,20 +1728,8 @@ static bool unmatchable_header(const char *lower)
 /* A lowercase header name that requests carry as a field, or NULL. */
 static char *field_name(struct loader *ld, const yaml_node_t *n)
 {
-    const char *s = scalar(ld, n, "a header name");
-    if (!s) return NULL;
-    if (!is_token(s)) {
-        err(ld, n, "bad header name %s: not an HTTP token", q(ld, s));
-        return NULL;
-    }
-    char *name = xstrdup(s);
-    lowercase(name);
-    if (unmatchable_header(name)) {
-        err(ld, n, "header %s is handled by umbra itself and cannot be used here", q(ld, name));
-        free(name);
-        return NULL;
-    }
-    return name;
+    return checked_header_name(ld, n, unmatchable_header,
+                               "is handled by umbra itself and cannot be used here");
 }
 
 static char *cookie_name(struct loader *ld, const yaml_node_t *n)
