@@ -22,6 +22,7 @@
 #include "core/worker.h"
 #include "tls/tls_transport.h"
 #include "upstream/forward.h"
+#include "upstream/h1_request.h"
 
 #define MAX_TARGET_BYTES 8192
 #define CLOSE_LINGER_S 5.0
@@ -627,10 +628,7 @@ void h1s_response_head(struct h1s *c, const struct http_response *resp)
     bufq_printf(q, "HTTP/1.1 %d %.*s\r\n", resp->status, (int)resp->reason.len, resp->reason.p);
     for (size_t i = 0; i < resp->nfields; i++) {
         const http_field *f = &resp->fields[i];
-        bufq_push_copy(q, f->name.p, f->name.len);
-        bufq_push_copy(q, ": ", 2);
-        bufq_push_copy(q, f->value.p, f->value.len);
-        bufq_push_copy(q, "\r\n", 2);
+        h1_write_field(q, f->name.p, f->name.len, f->value.p, f->value.len);
     }
     if (c->rs_kind == RS_LENGTH)
         bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)resp->content_length);
@@ -680,16 +678,7 @@ static void finish_exchange(struct h1s *c)
 void h1s_response_end(struct h1s *c, const http_field *trailers, size_t n)
 {
     if (c->state == H1S_CLOSED) return;
-    if (c->rs_kind == RS_CHUNKED) {
-        bufq_push_copy(&c->out, "0\r\n", 3);
-        for (size_t i = 0; i < n; i++) {
-            bufq_push_copy(&c->out, trailers[i].name.p, trailers[i].name.len);
-            bufq_push_copy(&c->out, ": ", 2);
-            bufq_push_copy(&c->out, trailers[i].value.p, trailers[i].value.len);
-            bufq_push_copy(&c->out, "\r\n", 2);
-        }
-        bufq_push_copy(&c->out, "\r\n", 2);
-    }
+    if (c->rs_kind == RS_CHUNKED) h1_write_chunked_end(&c->out, trailers, n);
     h1s_flush(c);
     if (c->state == H1S_CLOSED) return;
     finish_exchange(c);
