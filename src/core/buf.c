@@ -165,6 +165,20 @@ void bufq_consume(struct bufq *q, size_t n, struct bufq *keep)
     }
 }
 
+void bufq_truncate(struct bufq *q, size_t len)
+{
+    while (q->bytes > len && q->count) {
+        struct bufq_seg *s = seg_at(q, q->count - 1);
+        size_t cut = q->bytes - len < s->len ? q->bytes - len : s->len;
+        s->len -= cut;
+        q->bytes -= cut;
+        if (s->len == 0) {
+            chunk_unref(s->c);
+            q->count--;
+        }
+    }
+}
+
 void bufq_move(struct bufq *dst, struct bufq *src)
 {
     for (size_t i = 0; i < src->count; i++) {

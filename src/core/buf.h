@@ -64,6 +64,9 @@ int bufq_iov(const struct bufq *q, struct iovec *iov, int max);
 /** Drops n bytes from the front. If keep is non-NULL the dropped slices are
  *  moved to it instead of released (a replay buffer). */
 void bufq_consume(struct bufq *q, size_t n, struct bufq *keep);
+/** Drops bytes from the back until q holds len (no more than it holds):
+ *  takes back what was queued last and not yet written. */
+void bufq_truncate(struct bufq *q, size_t len);
 /** Appends all of src to dst (references move), leaving src empty. */
 void bufq_move(struct bufq *dst, struct bufq *src);
 

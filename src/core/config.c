@@ -1331,6 +1331,7 @@ static const struct cfg_opt cluster_opts[] = {
     {.key = "max_connections", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, max_connections), .min = 1, .max = UINT32_MAX},
     {.key = "keepalive", .parse = opt_mapping, .offset = 0, .sub = keepalive_opts},
     {.key = "max_pending", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, max_pending), .max = UINT32_MAX},
+    {.key = "pipeline", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, pipeline), .min = 1, .max = 256},
     {.key = "circuit_breaker", .parse = opt_mapping, .offset = offsetof(struct cfg_cluster, circuit_breaker), .sub = breaker_opts},
     {.key = "tls", .parse = opt_cluster_tls, .offset = offsetof(struct cfg_cluster, tls)},
     {.key = NULL},
@@ -1346,6 +1347,7 @@ static void cluster_parse(struct loader *ld, yaml_node_t *n, size_t i)
     c->keepalive_max_idle = 64;
     c->keepalive_idle_timeout_ms = 60000;
     c->max_pending = 1024;
+    c->pipeline = 16;
     c->circuit_breaker = (struct cfg_circuit_breaker){.consecutive_failures = 5, .open_for_ms = 10000};
     c->line = (int)n->start_mark.line + 1;
     c->column = (int)n->start_mark.column + 1;

@@ -103,6 +103,8 @@ struct cfg_cluster {
     uint32_t keepalive_max_idle; /* default 64 idle connections kept per worker */
     uint64_t keepalive_idle_timeout_ms; /* default 60 s */
     uint32_t max_pending;        /* default 1024: in-flight shadow requests per worker */
+    uint32_t pipeline;           /* default 16: most mirror copies in flight on one shadow
+                                    connection (HTTP/1.1 pipelining); 1 turns it off */
     struct cfg_circuit_breaker circuit_breaker;
     struct cfg_cluster_tls tls;
     int line, column; /* of the cluster's node, for later error reports */

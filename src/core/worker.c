@@ -55,7 +55,15 @@ static void reap(struct worker *w)
     }
 }
 
-static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents) { reap(p->data); }
+/* Before the loop blocks: first the mirror copies queued during this
+ * iteration go out, batched per shadow connection (they may end copies),
+ * then everything deferred is freed. */
+static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    struct worker *w = p->data;
+    if (w->shadow_dirty) shadow_flush_worker(w);
+    reap(w);
+}
 
 /* ---- snapshots ---- */
 

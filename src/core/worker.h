@@ -36,6 +36,7 @@ struct snapshot {
 struct pool;
 struct h1s;
 struct mcopy;
+struct schan;
 
 /** A worker's use of one snapshot: its pools (one per cluster) and how many
  *  streams still run on it. Retired when a newer snapshot is installed, freed
@@ -63,7 +64,7 @@ struct worker {
     pthread_t thread;
     struct ev_loop *loop;
     ev_async wake;           /* new snapshot or drain */
-    ev_prepare reaper;       /* frees deferred objects before the loop blocks */
+    ev_prepare reaper;       /* flushes mirror copies, frees deferred objects before the loop blocks */
     struct worker_stats *stats;
     struct wsnap *cur;
     struct wsnap *retired;
@@ -73,6 +74,7 @@ struct worker {
     unsigned nconns;
     unsigned ncopies;        /* mirror copies in flight (a drain waits for them) */
     struct mcopy *copies;    /* all of them (shadow.c's list) */
+    struct schan *shadow_dirty; /* shadow connections with bytes queued this iteration */
     bool draining;
     struct deferred *garbage;
     uint64_t seq;            /* request id counter */

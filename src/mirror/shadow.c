@@ -1,4 +1,4 @@
-/* shadow — mirror copies, dispatched fire-and-forget. */
+/* shadow — mirror copies, dispatched fire-and-forget on pipelined shadow connections. */
 #include "mirror/shadow.h"
 
 #include <errno.h>
@@ -22,6 +22,8 @@
 
 #define MAX_INTERIM 16
 
+struct schan;
+
 struct mcopy {
     struct worker *w;
     struct wsnap *ws;
@@ -34,17 +36,13 @@ struct mcopy {
     struct stream *primary;    /* while the primary still feeds it */
     struct mcopy *next;        /* in primary->copies */
     struct mcopy *wprev, *wnext; /* in w->copies */
-    struct upconn *up;
+    struct schan *ch;          /* the connection it rides, until it ends */
+    struct mcopy *ch_next;     /* in ch's copies, in request order */
+    uint64_t q_start;          /* where its request starts in ch's byte stream */
     bool up_chunked, req_ended, is_head, done;
-    bool up_close;             /* the shadow's connection must not be reused */
     int connect_err;           /* the pool's reason when a connect failed, else -1 */
     uint64_t body_bytes;
-    int64_t held;              /* bytes counted in stats_mirror_memory_bytes */
-    struct h1_parser rparser;
-    enum fwd_resp_state rstate;
-    uint64_t rremaining;
-    struct h1_chunked rchunked;
-    unsigned interim;
+    int64_t held;              /* its buffered body, counted in stats_mirror_memory_bytes */
     ev_timer deadline;
     ev_tstamp t_start;
     /* With a scrub policy (mirror/scrub.h): */
@@ -55,12 +53,37 @@ struct mcopy {
     struct strbuf body;        /* the buffered body (bounded by max_body, else buffer) */
 };
 
+/* One shadow connection and the copies riding it. Copies started in the same
+ * loop iteration share one (HTTP/1.1 pipelining, up to the cluster's
+ * `pipeline`): their requests leave in one write and their answers, which are
+ * discarded anyway, come back in order and are read together. A copy joins
+ * only behind requests that are whole, so a streaming body never interleaves
+ * with another request. */
+struct schan {
+    struct worker *w;
+    struct pool *pool;
+    struct upconn *up;         /* NULL once given back to the pool */
+    struct mcopy *first, *last;
+    unsigned ncopies;
+    bool poisoned;             /* a request on it was cut short or answered early: no reuse */
+    bool dirty;                /* on w->shadow_dirty */
+    struct schan *dirty_next;
+    uint64_t sent;             /* bytes written so far; sent + up->out.bytes were queued */
+    int64_t held;              /* up->out.bytes counted in stats_mirror_memory_bytes */
+    /* The answer being read (to the first copy's request): */
+    struct h1_parser rparser;
+    enum fwd_resp_state rstate;
+    uint64_t rremaining;
+    struct h1_chunked rchunked;
+    unsigned interim;
+};
+
 static struct log_ratelimit rl_drop;
 
-static void mc_connected(void *owner);
-static void mc_failed(void *owner, enum upstream_error err);
-static void mc_io(void *owner, int revents);
-static const struct upconn_ops shadow_ops = {mc_connected, mc_failed, mc_io};
+static void ch_connected(void *owner);
+static void ch_failed(void *owner, enum upstream_error err);
+static void ch_io(void *owner, int revents);
+static const struct upconn_ops shadow_ops = {ch_connected, ch_failed, ch_io};
 
 static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_target_bytes = 0};
 
@@ -69,7 +92,9 @@ static const char *const drop_reason[MO_COUNT] = {
     "connect failure", "timeout", "reset", "protocol error", "TLS failure",
 };
 
-/* ---- accounting and ending ---- */
+static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault);
+
+/* ---- accounting ---- */
 
 /* The cluster error counter a shadow failure also moves. */
 static enum upstream_error upstream_error_for(enum mirror_outcome o)
@@ -83,13 +108,194 @@ static enum upstream_error upstream_error_for(enum mirror_outcome o)
     }
 }
 
-static void account(struct mcopy *mc)
+static void hold(int64_t *held, int64_t now)
 {
-    int64_t now = (mc->up ? (int64_t)mc->up->out.bytes : 0) + (int64_t)mc->body.len;
-    if (now != mc->held) {
-        atomic_fetch_add(&stats_mirror_memory_bytes, now - mc->held);
-        mc->held = now;
+    if (now != *held) {
+        atomic_fetch_add(&stats_mirror_memory_bytes, now - *held);
+        *held = now;
     }
+}
+
+static void mc_account(struct mcopy *mc) { hold(&mc->held, (int64_t)mc->body.len); }
+
+static void ch_account(struct schan *ch) { hold(&ch->held, ch->up ? (int64_t)ch->up->out.bytes : 0); }
+
+static bool over_memory(const struct mcopy *mc, size_t add)
+{
+    return atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) + (int64_t)add >
+           (int64_t)mc->ws->snap->cfg->mirror_memory;
+}
+
+/* ---- shadow connections ---- */
+
+static uint64_t ch_queued(const struct schan *ch) { return ch->sent + ch->up->out.bytes; }
+
+/* Its whole request is queued: another may follow it on the connection. */
+static bool mc_whole(const struct mcopy *mc)
+{
+    return mc->req_ended && !mc->buffering && !mc->scrub_pending;
+}
+
+/* How many copies may share a connection now. Pipelined answers come back
+ * one after another, so a copy waits for those ahead of it: pipeline only as
+ * deep as the shadow's measured latency allows within a quarter of the
+ * timeout (a 200 ms shadow under a 1 s timeout gets one copy per
+ * connection), and not at all until a first answer was timed. */
+static unsigned pipeline_depth(const struct pool *p)
+{
+    unsigned depth = p->cl->pipeline;
+    if (depth <= 1 || !p->shadow_latency_known) return 1;
+    if (p->cl->timeout_ms && p->shadow_latency > 0) {
+        double fit = (double)p->cl->timeout_ms / 4000.0 / p->shadow_latency;
+        if (fit < (double)depth) depth = fit < 1.0 ? 1 : (unsigned)fit;
+    }
+    return depth;
+}
+
+static void note_latency(struct pool *p, double seconds)
+{
+    if (!p->shadow_latency_known) p->shadow_latency = seconds;
+    else p->shadow_latency += (seconds - p->shadow_latency) / 8.0;
+    p->shadow_latency_known = true;
+}
+
+/* Queued bytes go out before the loop blocks (shadow_flush_worker). */
+static void ch_dirty(struct schan *ch)
+{
+    if (ch->dirty) return;
+    ch->dirty = true;
+    ch->dirty_next = ch->w->shadow_dirty;
+    ch->w->shadow_dirty = ch;
+}
+
+static void ch_free(void *obj) { free(obj); }
+
+/* Gives the connection back (kept alive when keep and clean) and frees the
+ * channel at the next safe point; its copies must end in this iteration. */
+static void ch_release(struct schan *ch, bool keep)
+{
+    if (!ch->up) return;
+    struct upconn *u = ch->up;
+    ch->up = NULL;
+    if (ch->pool->batch == ch) ch->pool->batch = NULL;
+    ch_account(ch);
+    pool_release(u, keep && !ch->poisoned);
+    worker_defer_free(ch->w, ch_free, ch);
+}
+
+/* The connection failed: every copy on it fails with it. */
+static void ch_fail(struct schan *ch, enum mirror_outcome o, bool shadow_fault)
+{
+    ch_release(ch, false);
+    while (ch->first) mc_end(ch->first, o, shadow_fault);
+}
+
+/* A shadow that stops reading would otherwise park megabytes per connection
+ * in the kernel's send buffer, outside every bound umbra counts: keep it near
+ * the mirror's own buffer. */
+static void bound_kernel_buffer(int fd, size_t buffer)
+{
+    int size = buffer < 32 * 1024 ? 32 * 1024 : buffer > 4 * 1024 * 1024 ? 4 * 1024 * 1024 : (int)buffer;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+}
+
+/* The channel copies started in this iteration may join, or a new one. */
+static struct schan *channel_for(struct mcopy *mc, enum upstream_error *err)
+{
+    struct pool *p = mc->pool;
+    struct schan *ch = p->batch;
+    if (ch && ch->up && !ch->poisoned && ch->ncopies < pipeline_depth(p) &&
+        (!ch->last || mc_whole(ch->last)))
+        return ch;
+    ch = calloc(1, sizeof *ch);
+    if (!ch) abort();
+    ch->w = mc->w;
+    ch->pool = p;
+    ch->up = pool_acquire(p, &shadow_ops, ch, false, err);
+    if (!ch->up) {
+        free(ch);
+        return NULL;
+    }
+    if (ch->up->state == UP_CONNECTING) bound_kernel_buffer(ch->up->tr.fd, mc->m->buffer);
+    p->batch = ch;
+    ch_dirty(ch); /* the batch closes when the iteration's writes go out */
+    return ch;
+}
+
+static void ch_append(struct schan *ch, struct mcopy *mc)
+{
+    mc->ch = ch;
+    mc->q_start = ch_queued(ch);
+    if (ch->last) ch->last->ch_next = mc;
+    else ch->first = mc;
+    ch->last = mc;
+    ch->ncopies++;
+}
+
+/* A copy leaves its channel (completed, dropped or failed). */
+static void ch_remove(struct mcopy *mc, enum mirror_outcome o)
+{
+    struct schan *ch = mc->ch;
+    mc->ch = NULL;
+    struct mcopy *prev = NULL;
+    for (struct mcopy *it = ch->first; it != mc; it = it->ch_next) prev = it;
+    bool was_last = ch->last == mc;
+    if (prev) prev->ch_next = mc->ch_next;
+    else ch->first = mc->ch_next;
+    if (was_last) ch->last = prev;
+    mc->ch_next = NULL;
+    ch->ncopies--;
+    if (!ch->up) return; /* the connection failed: ch_fail ends the rest */
+    if (o == MO_COMPLETED) {
+        if (!mc_whole(mc)) ch->poisoned = true; /* answered before its request was whole */
+    } else if (was_last && ch->sent <= mc->q_start) {
+        bufq_truncate(&ch->up->out, (size_t)(mc->q_start - ch->sent)); /* none of it left */
+        ch_account(ch);
+    } else if (was_last) {
+        ch->poisoned = true; /* part of it is on the wire: finish those ahead, then close */
+    } else {
+        ch_fail(ch, MO_FAILED_RESET, false); /* answers would no longer line up */
+        return;
+    }
+    if (ch->ncopies == 0) ch_release(ch, ch->up->state == UP_ACTIVE && ch->up->out.bytes == 0);
+}
+
+static void ch_write(struct schan *ch)
+{
+    struct upconn *u = ch->up;
+    size_t before = u->out.bytes;
+    ssize_t rc = upconn_write(u, NULL);
+    ch->sent += before - u->out.bytes;
+    if (rc < 0) {
+        ch_fail(ch, rc == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
+        return;
+    }
+    ch_account(ch);
+    upconn_watch(u, true, u->out.bytes > 0);
+}
+
+void shadow_flush_worker(struct worker *w)
+{
+    struct schan *list = w->shadow_dirty;
+    w->shadow_dirty = NULL;
+    while (list) {
+        struct schan *ch = list;
+        list = ch->dirty_next;
+        ch->dirty = false;
+        ch->dirty_next = NULL;
+        if (ch->pool->batch == ch) ch->pool->batch = NULL;
+        if (ch->up && ch->up->state == UP_ACTIVE && ch->up->out.bytes) ch_write(ch);
+    }
+}
+
+/* ---- ending a copy ---- */
+
+static void mc_free(void *obj)
+{
+    struct mcopy *mc = obj;
+    if (mc->have_head) scrub_head_free(&mc->head);
+    wsnap_stream_end(mc->ws);
+    free(mc);
 }
 
 static void unlink_primary(struct mcopy *mc)
@@ -104,15 +310,7 @@ static void unlink_primary(struct mcopy *mc)
     mc->next = NULL;
 }
 
-static void mc_free(void *obj)
-{
-    struct mcopy *mc = obj;
-    if (mc->have_head) scrub_head_free(&mc->head);
-    wsnap_stream_end(mc->ws);
-    free(mc);
-}
-
-/* The one exit: count the outcome, release the connection, free later. */
+/* The one exit: count the outcome, leave the connection, free later. */
 static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault)
 {
     if (mc->done) return;
@@ -122,8 +320,10 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
     ev_tstamp now = ev_now(mc->w->loop);
     if (outcome == MO_COMPLETED) {
         stats_hist_observe(&mc->cst->latency, (uint64_t)((now - mc->t_start) * 1e6));
+        note_latency(mc->pool, now - mc->t_start);
         pool_breaker_record(mc->pool, true, now);
     } else {
+        if (outcome == MO_FAILED_TIMEOUT) note_latency(mc->pool, (double)mc->cluster->timeout_ms / 1000.0);
         if (shadow_fault) {
             pool_breaker_record(mc->pool, false, now);
             STAT_INC(mc->cst->errors[mc->connect_err >= 0 ? (enum upstream_error)mc->connect_err
@@ -133,14 +333,9 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
                         outcome < MO_FAILED_CONNECT ? "dropped" : "failed", drop_reason[outcome],
                         mc->route->name, mc->cluster->name);
     }
-    if (mc->up) {
-        bool keep = outcome == MO_COMPLETED && mc->req_ended && !mc->up_close &&
-                    mc->up->out.bytes == 0;
-        pool_release(mc->up, keep);
-        mc->up = NULL;
-    }
+    if (mc->ch) ch_remove(mc, outcome);
     strbuf_free(&mc->body);
-    account(mc);
+    mc_account(mc);
     mc->pool->pending--;
     unlink_primary(mc);
     if (mc->wprev) mc->wprev->wnext = mc->wnext;
@@ -150,9 +345,13 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
     worker_copy_ended(mc->w);
 }
 
+/* A copy's deadline: the connection it waits on is stuck, and every copy
+ * behind it would wait as long. */
 static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    mc_end(t->data, MO_FAILED_TIMEOUT, true);
+    struct mcopy *mc = t->data;
+    if (mc->ch) ch_fail(mc->ch, MO_FAILED_TIMEOUT, true);
+    else mc_end(mc, MO_FAILED_TIMEOUT, true);
 }
 
 /* ---- selection and start ---- */
@@ -168,15 +367,6 @@ static enum mirror_outcome admission(struct stream *s, const struct cfg_mirror *
         return MO_DROPPED_OVERFLOW;
     if (!pool_breaker_allow(p, ev_now(s->w->loop))) return MO_DROPPED_CIRCUIT_OPEN;
     return MO_COMPLETED;
-}
-
-/* A shadow that stops reading would otherwise park megabytes per connection
- * in the kernel's send buffer, outside every bound umbra counts: keep it near
- * the mirror's own buffer. */
-static void bound_kernel_buffer(int fd, size_t buffer)
-{
-    int size = buffer < 32 * 1024 ? 32 * 1024 : buffer > 4 * 1024 * 1024 ? 4 * 1024 * 1024 : (int)buffer;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
 }
 
 static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
@@ -216,17 +406,6 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     mc->primary = s;
     mc->next = s->copies;
     s->copies = mc;
-    enum upstream_error err;
-    mc->up = pool_acquire(p, &shadow_ops, mc, false, &err);
-    if (!mc->up) {
-        mc->connect_err = (int)err;
-        mc_end(mc, err == UPERR_OVERFLOW ? MO_DROPPED_OVERFLOW : MO_FAILED_CONNECT,
-               err != UPERR_OVERFLOW);
-        return;
-    }
-    if (mc->up->state == UP_CONNECTING) bound_kernel_buffer(mc->up->tr.fd, m->buffer);
-    STAT_INC(mc->cst->requests);
-    if (p->cl->timeout_ms) ev_timer_start(s->w->loop, &mc->deadline);
     const struct http_request *req = &s->req;
     if (m->scrub) {
         if (scrub_request_head(m->scrub, &s->req, &mc->head) < 0) {
@@ -239,15 +418,26 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
             mc->buffering = true;
             mc->up_chunked = false;
             mc->scrub_pending = mc->req_ended; /* an empty body is whole already */
-            return;
         }
     }
-    h1_write_request_head(&mc->up->out, req, m);
-    if (mc->up->out.bytes > m->buffer) {
+    enum upstream_error err;
+    struct schan *ch = channel_for(mc, &err);
+    if (!ch) {
+        mc->connect_err = (int)err;
+        mc_end(mc, err == UPERR_OVERFLOW ? MO_DROPPED_OVERFLOW : MO_FAILED_CONNECT,
+               err != UPERR_OVERFLOW);
+        return;
+    }
+    ch_append(ch, mc);
+    STAT_INC(mc->cst->requests);
+    if (p->cl->timeout_ms) ev_timer_start(s->w->loop, &mc->deadline);
+    if (mc->buffering) return;
+    h1_write_request_head(&ch->up->out, req, m);
+    if (ch_queued(ch) - mc->q_start > m->buffer) {
         mc_end(mc, MO_DROPPED_OVERFLOW, false);
         return;
     }
-    account(mc);
+    ch_account(ch);
 }
 
 void shadow_start(struct stream *s)
@@ -292,26 +482,28 @@ void shadow_body(struct stream *s, struct chunk *c, const char *p, size_t n)
                 mc_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
                 continue;
             }
-            if (atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) + (int64_t)n >
-                (int64_t)s->ws->snap->cfg->mirror_memory) {
+            if (over_memory(mc, n)) {
                 mc_end(mc, MO_DROPPED_OVERFLOW, false);
                 continue;
             }
             strbuf_append(&mc->body, p, n);
-            account(mc);
+            mc_account(mc);
             continue;
         }
+        /* The copy is the last on its connection (nothing joins behind a
+         * request still streaming): its unsent bytes are the queue's tail. */
+        struct schan *ch = mc->ch;
         size_t add = n + (mc->up_chunked ? 20 : 0);
-        if (mc->up->out.bytes + add > mc->m->buffer ||
-            atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) + (int64_t)add >
-                (int64_t)s->ws->snap->cfg->mirror_memory) {
+        uint64_t unsent = ch_queued(ch) - (mc->q_start > ch->sent ? mc->q_start : ch->sent);
+        if (unsent + add > mc->m->buffer || over_memory(mc, add)) {
             mc_end(mc, MO_DROPPED_OVERFLOW, false);
             continue;
         }
-        if (mc->up_chunked) bufq_printf(&mc->up->out, "%zx\r\n", n);
-        bufq_push(&mc->up->out, c, p, n);
-        if (mc->up_chunked) bufq_push_copy(&mc->up->out, "\r\n", 2);
-        account(mc);
+        if (mc->up_chunked) bufq_printf(&ch->up->out, "%zx\r\n", n);
+        bufq_push(&ch->up->out, c, p, n);
+        if (mc->up_chunked) bufq_push_copy(&ch->up->out, "\r\n", 2);
+        ch_dirty(ch);
+        ch_account(ch);
     }
 }
 
@@ -337,14 +529,17 @@ static bool send_scrubbed(struct mcopy *mc, const struct http_request *orig)
         return false;
     }
     strbuf_free(&mc->body);
+    mc_account(mc);
     mc->head.req.has_body = true;
     mc->head.req.length_known = true;
     mc->head.req.content_length = out.len;
-    h1_write_request_head(&mc->up->out, &mc->head.req, mc->m);
-    if (out.len) bufq_push_copy(&mc->up->out, out.data, out.len);
+    struct bufq *q = &mc->ch->up->out;
+    h1_write_request_head(q, &mc->head.req, mc->m);
+    if (out.len) bufq_push_copy(q, out.data, out.len);
     strbuf_free(&out);
     mc->buffering = mc->scrub_pending = false;
-    account(mc);
+    ch_dirty(mc->ch);
+    ch_account(mc->ch);
     return true;
 }
 
@@ -356,29 +551,19 @@ void shadow_body_end(struct stream *s, const http_field *trailers, size_t n)
             mc->scrub_pending = true;
             continue;
         }
-        if (mc->up_chunked) h1_write_chunked_end(&mc->up->out, trailers, n);
-        account(mc);
+        if (mc->up_chunked) {
+            h1_write_chunked_end(&mc->ch->up->out, trailers, n);
+            ch_dirty(mc->ch);
+            ch_account(mc->ch);
+        }
     }
-}
-
-static void mc_write(struct mcopy *mc)
-{
-    struct upconn *u = mc->up;
-    ssize_t rc = upconn_write(u, NULL);
-    if (rc < 0) {
-        mc_end(mc, rc == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
-        return;
-    }
-    account(mc);
-    upconn_watch(u, true, u->out.bytes > 0);
 }
 
 void shadow_flush(struct stream *s)
 {
     for (struct mcopy *mc = s->copies, *next; mc; mc = next) {
         next = mc->next;
-        if (mc->scrub_pending && !send_scrubbed(mc, &s->req)) continue;
-        if (mc->up && mc->up->state == UP_ACTIVE && mc->up->out.bytes) mc_write(mc);
+        if (mc->scrub_pending) send_scrubbed(mc, &s->req);
     }
 }
 
@@ -386,13 +571,7 @@ void shadow_detach(struct stream *s)
 {
     while (s->copies) {
         struct mcopy *mc = s->copies;
-        if (mc->scrub_pending) { /* the primary is going: send what is ready first */
-            if (!send_scrubbed(mc, &s->req)) continue;
-            if (mc->up->state == UP_ACTIVE) {
-                mc_write(mc);
-                if (mc->done) continue;
-            }
-        }
+        if (mc->scrub_pending && !send_scrubbed(mc, &s->req)) continue; /* the primary is going */
         if (!mc->req_ended) {
             mc_end(mc, MO_FAILED_RESET, false); /* the client cancelled: not the shadow's fault */
             continue;
@@ -401,124 +580,142 @@ void shadow_detach(struct stream *s)
     }
 }
 
-/* ---- the shadow's answer, read and discarded ---- */
+/* ---- the shadow's answers, read and discarded in order ---- */
 
-static void response_done(struct mcopy *mc)
+/* The first copy's answer ended. False when the channel is gone. */
+static bool response_done(struct schan *ch)
 {
-    mc->rstate = FWD_RESP_DONE;
-    mc_end(mc, MO_COMPLETED, false);
+    ch->rstate = FWD_RESP_HEAD;
+    ch->interim = 0;
+    mc_end(ch->first, MO_COMPLETED, false);
+    return ch->up != NULL;
 }
 
-/* Consumes what the input holds; returns false once the copy ended. */
-static bool discard_input(struct mcopy *mc)
+/* Consumes what the input holds; returns false once the channel is gone. */
+static bool discard_input(struct schan *ch)
 {
-    struct upconn *u = mc->up;
+    struct upconn *u = ch->up;
     while (ibuf_len(&u->in)) {
+        if (!ch->first) { /* an answer nobody asked for */
+            ch_release(ch, false);
+            return false;
+        }
         const char *p = ibuf_data(&u->in);
         size_t len = ibuf_len(&u->in);
-        if (mc->rstate == FWD_RESP_HEAD) {
+        if (ch->rstate == FWD_RESP_HEAD) {
             struct h1_response hr;
-            int rc = h1_parse_response(&mc->rparser, p, len, &resp_limits, mc->is_head, &hr);
+            int rc = h1_parse_response(&ch->rparser, p, len, &resp_limits, ch->first->is_head, &hr);
             if (rc == H1_AGAIN) return true;
-            if (rc < 0 || hr.status == 101 || (hr.status < 200 && ++mc->interim > MAX_INTERIM)) {
-                mc_end(mc, MO_FAILED_PROTOCOL, true);
+            if (rc < 0 || hr.status == 101 || (hr.status < 200 && ++ch->interim > MAX_INTERIM)) {
+                ch_fail(ch, MO_FAILED_PROTOCOL, true);
                 return false;
             }
             u->in.rpos += hr.head_len;
-            h1_parser_reset(&mc->rparser);
+            h1_parser_reset(&ch->rparser);
             if (hr.status < 200) continue;
-            mc->up_close = !hr.keep_alive;
+            if (!hr.keep_alive) ch->poisoned = true; /* copies behind this one will see the close */
             switch (hr.body) {
-            case H1_BODY_NONE: response_done(mc); return false;
+            case H1_BODY_NONE: if (!response_done(ch)) return false; continue;
             case H1_BODY_LENGTH:
-                if (hr.content_length == 0) { response_done(mc); return false; }
-                mc->rstate = FWD_RESP_LENGTH;
-                mc->rremaining = hr.content_length;
+                if (hr.content_length == 0) {
+                    if (!response_done(ch)) return false;
+                    continue;
+                }
+                ch->rstate = FWD_RESP_LENGTH;
+                ch->rremaining = hr.content_length;
                 break;
-            case H1_BODY_CHUNKED: mc->rstate = FWD_RESP_CHUNKED; h1_chunked_init(&mc->rchunked); break;
-            case H1_BODY_UNTIL_CLOSE: mc->rstate = FWD_RESP_CLOSE; break;
+            case H1_BODY_CHUNKED: ch->rstate = FWD_RESP_CHUNKED; h1_chunked_init(&ch->rchunked); break;
+            case H1_BODY_UNTIL_CLOSE: ch->rstate = FWD_RESP_CLOSE; ch->poisoned = true; break;
             }
             continue;
         }
-        if (mc->rstate == FWD_RESP_CLOSE) {
+        if (ch->rstate == FWD_RESP_CLOSE) {
             u->in.rpos = u->in.wpos;
             return true;
         }
-        if (mc->rstate == FWD_RESP_LENGTH) {
-            size_t n = len < mc->rremaining ? len : (size_t)mc->rremaining;
+        if (ch->rstate == FWD_RESP_LENGTH) {
+            size_t n = len < ch->rremaining ? len : (size_t)ch->rremaining;
             u->in.rpos += n;
-            if ((mc->rremaining -= n) == 0) { response_done(mc); return false; }
+            if ((ch->rremaining -= n) == 0 && !response_done(ch)) return false;
             continue;
         }
         size_t consumed = 0, dlen = 0;
         const char *data = NULL;
-        int rc = h1_chunked_decode(&mc->rchunked, p, len, &consumed, &data, &dlen);
+        int rc = h1_chunked_decode(&ch->rchunked, p, len, &consumed, &data, &dlen);
         if (rc < 0) {
-            mc_end(mc, MO_FAILED_PROTOCOL, true);
+            ch_fail(ch, MO_FAILED_PROTOCOL, true);
             return false;
         }
         u->in.rpos += consumed;
-        if (rc == H1_CHUNK_DONE) { response_done(mc); return false; }
+        if (rc == H1_CHUNK_DONE) {
+            if (!response_done(ch)) return false;
+            continue;
+        }
         if (rc == H1_CHUNK_NEED_MORE) return true;
     }
     return true;
 }
 
-static void mc_read(struct mcopy *mc)
+static void ch_read(struct schan *ch)
 {
-    struct upconn *u = mc->up;
+    struct upconn *u = ch->up;
     for (int rounds = 0; rounds < 4; rounds++) {
         size_t space = ibuf_prepare(&u->in, 4096, 64 * 1024 + BUF_CHUNK_SIZE);
         if (space == 0) {
-            mc_end(mc, MO_FAILED_PROTOCOL, true);
+            ch_fail(ch, MO_FAILED_PROTOCOL, true);
             return;
         }
         ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
         if (r == -EAGAIN) return;
         if (r < 0) { /* -EPROTO: a TLS alert, e.g. the shadow refused our certificate */
-            mc_end(mc, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
+            ch_fail(ch, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
             return;
         }
         if (r == 0) {
-            if (mc->rstate == FWD_RESP_CLOSE) {
-                mc->up_close = true; /* a close-delimited answer: the connection is spent */
-                response_done(mc);
-            } else {
-                mc_end(mc, MO_FAILED_RESET, true);
-            }
+            /* A close-delimited answer ends here; any copy behind it was cut off. */
+            if (ch->first && ch->rstate == FWD_RESP_CLOSE && !response_done(ch)) return;
+            ch_fail(ch, MO_FAILED_RESET, true);
             return;
         }
         u->in.wpos += (size_t)r;
-        if (!discard_input(mc)) return;
+        if (!discard_input(ch)) return;
         if ((size_t)r < space) return;
     }
 }
 
-static void mc_connected(void *owner)
+static void ch_connected(void *owner)
 {
-    struct mcopy *mc = owner;
-    mc_write(mc);
+    struct schan *ch = owner;
+    if (ch->up->out.bytes) ch_write(ch);
+    else upconn_watch(ch->up, true, false);
 }
 
-static void mc_failed(void *owner, enum upstream_error err)
+static void ch_failed(void *owner, enum upstream_error err)
 {
-    struct mcopy *mc = owner;
-    mc->up = NULL; /* closed by the pool */
-    mc->connect_err = (int)err; /* refused, timed out or TLS: the cluster counter says which */
-    mc_end(mc, err == UPERR_TLS ? MO_FAILED_TLS : MO_FAILED_CONNECT, true);
-}
-
-static void mc_io(void *owner, int revents)
-{
-    struct mcopy *mc = owner;
-    if ((revents & EV_WRITE) && mc->up->out.bytes) {
-        mc_write(mc);
-        if (mc->done) return;
+    struct schan *ch = owner;
+    ch->up = NULL; /* closed by the pool */
+    if (ch->pool->batch == ch) ch->pool->batch = NULL;
+    ch_account(ch);
+    worker_defer_free(ch->w, ch_free, ch);
+    while (ch->first) {
+        struct mcopy *mc = ch->first;
+        mc->connect_err = (int)err; /* refused, timed out or TLS: the cluster counter says which */
+        mc_end(mc, err == UPERR_TLS ? MO_FAILED_TLS : MO_FAILED_CONNECT, true);
     }
-    if (revents & EV_READ) mc_read(mc);
+}
+
+static void ch_io(void *owner, int revents)
+{
+    struct schan *ch = owner;
+    if ((revents & EV_WRITE) && ch->up->out.bytes) {
+        ch_write(ch);
+        if (!ch->up) return;
+    }
+    if (revents & EV_READ) ch_read(ch);
 }
 
 void shadow_abort_all(struct worker *w)
 {
     while (w->copies) mc_end(w->copies, MO_FAILED_RESET, false);
+    w->shadow_dirty = NULL; /* every channel was released with its copies */
 }

@@ -29,6 +29,11 @@ void shadow_flush(struct stream *s);
  *  alone; incomplete ones (the client cancelled mid-body) are aborted. */
 void shadow_detach(struct stream *s);
 
+/** Writes every shadow connection that had copies queued during this loop
+ *  iteration: the worker calls it before the loop blocks, so copies started
+ *  together leave together (one write per connection, many requests). */
+void shadow_flush_worker(struct worker *w);
+
 /** Ends every copy in flight on w (drain timeout, exit). */
 void shadow_abort_all(struct worker *w);
 

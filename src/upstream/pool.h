@@ -14,6 +14,7 @@
 #include "core/transport.h"
 
 struct wsnap;
+struct schan;
 
 /** What a connection's user is told; `owner` is its own pointer. */
 struct upconn_ops {
@@ -59,6 +60,10 @@ struct pool {
     unsigned cb_failures;         /* consecutive failures (circuit breaker) */
     ev_tstamp cb_open_until;      /* the breaker is open until then */
     bool cb_probing;              /* half-open: one probe is in flight */
+    struct schan *batch;          /* shadow.c: the connection copies started in this loop
+                                     iteration join (pipelined), until the iteration ends */
+    double shadow_latency;        /* shadow.c: moving average of copy latency, seconds */
+    bool shadow_latency_known;
 };
 
 /** Circuit breaker: may a new copy go to this cluster now? In half-open

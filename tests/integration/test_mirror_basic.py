@@ -237,4 +237,7 @@ def test_client_cancel_mid_body_never_completes_copy(procs, peers, framing):
     recs = col.wait_count(1)
     assert [header_values(r["headers"], "x-request-id") for r in recs] == [["after"]], recs
     assert all(r["body_length"] != full for r in recs)
+    assert wait_outcomes(u, 2, cluster="watch") == {"failed_reset": 1, "completed": 1}
+    # its status file is rewritten at most every 50 ms
+    wait_until(lambda: watch.stats().get("requests") == 1, 5, what="the watch shadow to count /after")
     assert watch.stats()["requests"] == 1

@@ -1,6 +1,6 @@
 /* buf_test — chunks (references, per-thread recycling and its bound), slice
  * queues (push, contiguous extension, copies into scratch, iovecs, consume
- * with and without a keep queue, move, ring wrap-around) and ibuf_prepare
+ * with and without a keep queue, move, truncate, ring wrap-around) and ibuf_prepare
  * (reuse, compaction, fresh chunk when shared, growth for long heads, full).
  * Includes buf.c to look at the thread's freelist. */
 #include <setjmp.h>
@@ -441,6 +441,37 @@ static void test_move_empty(void **state)
     bufq_clear(&dst);
 }
 
+static void test_truncate(void **state)
+{
+    struct chunk *c = chunk_with("0123456789");
+    struct bufq q;
+    bufq_init(&q);
+    bufq_push(&q, c, c->data, 4);
+    bufq_push_copy(&q, "ab", 2);
+    bufq_push(&q, c, c->data + 6, 4);
+    assert_int_equal(c->refs, 3);
+    bufq_truncate(&q, 20); /* more than it holds: nothing happens */
+    assert_q_text(&q, "0123ab6789");
+    bufq_truncate(&q, 5); /* the last slice whole, then into the copied one */
+    assert_q_text(&q, "0123a");
+    assert_int_equal(q.count, 2);
+    assert_int_equal(c->refs, 2);
+    /* Copies after a cut do not run into the bytes that were dropped. */
+    bufq_push_copy(&q, "XY", 2);
+    assert_q_text(&q, "0123aXY");
+    bufq_consume(&q, 2, NULL); /* the ring's head moves: truncation still works from the back */
+    bufq_truncate(&q, 2);
+    assert_q_text(&q, "23");
+    bufq_truncate(&q, 0);
+    assert_int_equal(q.bytes, 0);
+    assert_int_equal(q.count, 0);
+    assert_int_equal(c->refs, 1);
+    bufq_push(&q, c, c->data + 9, 1);
+    assert_q_text(&q, "9");
+    bufq_clear(&q);
+    chunk_unref(c);
+}
+
 /* ---- ibuf ---- */
 
 /* Appends s as if read from a socket (room must have been prepared). */
@@ -634,6 +665,7 @@ int main(void)
         T(test_ring_wraps),
         T(test_move),
         T(test_move_empty),
+        T(test_truncate),
         T(test_ibuf_first_prepare),
         T(test_ibuf_reuse_when_consumed),
         T(test_ibuf_consumed_but_shared_not_reused),

@@ -1,0 +1,192 @@
+"""Copies started together share a shadow connection (HTTP/1.1 pipelining):
+their requests leave in one write and every answer is matched to its copy in
+order. Pipelining stays off for a shadow too slow for it (copies would wait
+behind each other past the timeout) and with `pipeline: 1`.
+
+To start copies together deterministically, umbra is stopped (SIGSTOP) while
+requests arrive on connections it already serves, then continued: one event
+loop iteration then sees them all."""
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import Client, wait_until
+from shadows import mirror_config, wait_outcomes
+
+
+class RecordingShadow:
+    """Answers each connection's requests in order, `delay` seconds each and
+    one at a time (as most servers do), and records per connection how many
+    whole requests each read delivered. Requests without a body only."""
+
+    def __init__(self, delay=0.0):
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.reads = []  # per connection: [requests completed by each read]
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                reads = []
+                self.reads.append(reads)
+            threading.Thread(target=self._serve, args=(conn, reads), daemon=True).start()
+
+    def _serve(self, conn, reads):
+        buf = b""
+        with conn:
+            while not self.closed:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                heads = []
+                while b"\r\n\r\n" in buf:
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    heads.append(head)
+                with self.lock:
+                    reads.append(len(heads))
+                for _ in heads:
+                    if self.delay:
+                        time.sleep(self.delay)
+                    try:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nshadow")
+                    except OSError:
+                        return
+
+    def snapshot(self):
+        with self.lock:
+            return [list(r) for r in self.reads]
+
+    def requests(self):
+        return sum(sum(r) for r in self.snapshot())
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+@pytest.fixture
+def shadow_factory():
+    made = []
+
+    def make(**kw):
+        s = RecordingShadow(**kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+def stopped(pid):
+    """Every thread of pid is in the stopped state (kill() only asks)."""
+    tasks = os.listdir("/proc/%d/task" % pid)
+    for t in tasks:
+        with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                return False
+    return True
+
+
+def burst(u, clients, tag):
+    """One request per client, sent while umbra is stopped, so a single loop
+    iteration reads them all; every primary answer must be a 200."""
+    u.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: stopped(u.pid), 5, 0.005, "umbra to stop")
+        for i, c in enumerate(clients):
+            c.send(b"GET /%s/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (tag.encode(), i))
+    finally:
+        u.signal(signal.SIGCONT)
+    for c in clients:
+        assert c.read().status == 200
+
+
+def run_burst(procs, shadow, n, cluster_extra=None):
+    """umbra (one worker) mirroring 100 % to `shadow`; n clients each make
+    one request (timing the shadow, warming connections), then a burst of n.
+    Returns (umbra, shadow reads before the burst)."""
+    b = procs.backend()
+    spec = {"endpoints": [shadow.addr], "timeout": "1s"}
+    spec.update(cluster_extra or {})
+    u = procs.umbra(mirror_config(b, {"shadow": spec}, [{"cluster": "shadow"}], workers=1))
+    clients = [Client(u.port) for _ in range(n)]
+    try:
+        for i, c in enumerate(clients):
+            assert c.request("GET", "/warm/%d" % i).status == 200
+        assert wait_outcomes(u, n) == {"completed": n}
+        wait_until(lambda: shadow.requests() == n, 5, what="the warm-up copies at the shadow")
+        before = shadow.snapshot()
+        burst(u, clients, "burst")
+        assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
+    finally:
+        for c in clients:
+            c.close()
+    return u, before
+
+
+def new_reads(after, before):
+    """The reads each connection made since `before` (a snapshot)."""
+    out = []
+    for i, reads in enumerate(after):
+        old = len(before[i]) if i < len(before) else 0
+        if reads[old:]:
+            out.append(reads[old:])
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_copies_started_together_share_a_connection(procs, shadow_factory):
+    shadow = shadow_factory()
+    n = 12
+    # a long timeout, so the measured latency (a thread-per-connection Python
+    # shadow under ASan) does not cap the depth below the default 16
+    u, before = run_burst(procs, shadow, n, {"timeout": "60s"})
+    reads = new_reads(shadow.snapshot(), before)
+    assert sum(map(sum, reads)) == n, reads
+    # the 12 copies left on one connection, and the shadow read several
+    # requests at once
+    assert len(reads) == 1, reads
+    assert max(max(r) for r in reads) >= 2, reads
+    m = u.metrics()
+    assert m.sum("umbra_upstream_errors_total", cluster="shadow") == 0
+
+
+@pytest.mark.timeout(60)
+def test_pipeline_one_turns_it_off(procs, shadow_factory):
+    shadow = shadow_factory()
+    n = 6
+    u, before = run_burst(procs, shadow, n, {"pipeline": 1})
+    reads = new_reads(shadow.snapshot(), before)
+    assert sum(map(sum, reads)) == n, reads
+    assert len(reads) == n and all(r == [1] for r in reads), reads
+
+
+@pytest.mark.timeout(60)
+def test_slow_shadow_is_not_pipelined(procs, shadow_factory):
+    # 150 ms per answer, 1 s timeout: eight copies queued on one connection
+    # would take 1.2 s and time out; measured latency keeps them apart
+    shadow = shadow_factory(delay=0.15)
+    n = 8
+    u, before = run_burst(procs, shadow, n)
+    reads = new_reads(shadow.snapshot(), before)
+    assert sum(map(sum, reads)) == n, reads
+    assert all(max(r) == 1 for r in reads), reads
