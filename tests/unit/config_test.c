@@ -373,9 +373,18 @@ static void test_bad_values(void **state)
     expect_errors(CLUSTERS ROUTES "listeners: [{name: l, listen: 127.0.0.1:0, limits: {max_connections: 0}}]\n",
                   "t.yaml:3:70: listener \"l\": limits.max_connections: must be at least 1, got 0\n");
 
+    expect_errors(LISTENERS ROUTES "clusters: [{name: c, endpoints: [127.0.0.1:1], pipeline: 0}]\n",
+                  "t.yaml:3:58: cluster \"c\": pipeline: must be at least 1, got 0\n");
+    expect_errors(LISTENERS ROUTES "clusters: [{name: c, endpoints: [127.0.0.1:1], pipeline: 257}]\n",
+                  "t.yaml:3:58: cluster \"c\": pipeline: must be at most 256, got 257\n");
+
     struct config *cfg = expect_ok(LISTENERS CLUSTERS ROUTES "mirror_memory: 64KB\ndrain_timeout: 0\n");
     assert_int_equal(cfg->mirror_memory, 64000);
     assert_int_equal(cfg->drain_timeout_ms, 0);
+    assert_int_equal(cfg->clusters[0].pipeline, 16); /* the default */
+    config_free(cfg);
+    cfg = expect_ok(LISTENERS ROUTES "clusters: [{name: c, endpoints: [127.0.0.1:1], pipeline: 1}]\n");
+    assert_int_equal(cfg->clusters[0].pipeline, 1);
     config_free(cfg);
 }
 
