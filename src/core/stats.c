@@ -2,9 +2,11 @@
 #include "core/stats.h"
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static struct worker_stats *workers[STATS_MAX_WORKERS];
 static int nworkers;
@@ -81,6 +83,43 @@ void stats_hist_observe(struct stats_hist *h, uint64_t us)
     STAT_INC(h->buckets[b]);
     STAT_ADD(h->sum_us, us);
     STAT_INC(h->count);
+}
+
+uint64_t stats_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* +1: 0 means "not in a callback" in loop_busy_since_us */
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u + 1;
+}
+
+void stats_loop_woke(struct worker_stats *ws, uint64_t now_us)
+{
+    __atomic_store_n(&ws->loop_busy_since_us, now_us ? now_us : 1, __ATOMIC_RELAXED);
+}
+
+void stats_loop_idle(struct worker_stats *ws, uint64_t now_us, uint64_t clients, uint64_t streams,
+                     uint64_t copies)
+{
+    uint64_t since = STAT_READ(ws->loop_busy_since_us);
+    if (since) {
+        uint64_t busy = now_us > since ? now_us - since : 0;
+        if (busy > STAT_READ(ws->loop_busy_max_us))
+            __atomic_store_n(&ws->loop_busy_max_us, busy, __ATOMIC_RELAXED);
+        stats_hist_observe(&ws->loop_busy, busy);
+        STAT_INC(ws->loop_iterations);
+    }
+    __atomic_store_n(&ws->loop_clients, clients, __ATOMIC_RELAXED);
+    __atomic_store_n(&ws->loop_streams, streams, __ATOMIC_RELAXED);
+    __atomic_store_n(&ws->loop_copies, copies, __ATOMIC_RELAXED);
+    __atomic_store_n(&ws->loop_busy_since_us, 0, __ATOMIC_RELAXED);
+}
+
+/* How long w has been running callbacks without polling, as of now_us. */
+static uint64_t loop_stalled_us(const struct worker_stats *w, uint64_t now_us)
+{
+    uint64_t since = STAT_READ(w->loop_busy_since_us);
+    return since && now_us > since ? now_us - since : 0;
 }
 
 static void hist_add(struct stats_hist *dst, const struct stats_hist *src)
@@ -305,12 +344,70 @@ static void prom_mirrors(struct strbuf *out, const struct totals *t)
                   (long)atomic_load(&stats_mirror_memory_bytes));
 }
 
+/* One gauge or counter family with a sample per worker. */
+static void prom_per_worker(struct strbuf *out, const char *name, const char *type, const char *help,
+                            uint64_t (*value)(const struct worker_stats *, uint64_t), uint64_t now_us,
+                            bool seconds)
+{
+    strbuf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (int i = 0; i < nworkers; i++) {
+        uint64_t v = value(workers[i], now_us);
+        if (seconds)
+            strbuf_printf(out, "%s{worker=\"%d\"} %.6f\n", name, workers[i]->id, (double)v / 1e6);
+        else
+            strbuf_printf(out, "%s{worker=\"%d\"} %lu\n", name, workers[i]->id, (unsigned long)v);
+    }
+}
+
+static uint64_t w_iterations(const struct worker_stats *w, uint64_t now)
+{
+    return STAT_READ(w->loop_iterations);
+}
+static uint64_t w_busy_max(const struct worker_stats *w, uint64_t now)
+{
+    return STAT_READ(w->loop_busy_max_us);
+}
+static uint64_t w_clients(const struct worker_stats *w, uint64_t now) { return STAT_READ(w->loop_clients); }
+static uint64_t w_streams(const struct worker_stats *w, uint64_t now) { return STAT_READ(w->loop_streams); }
+static uint64_t w_copies(const struct worker_stats *w, uint64_t now) { return STAT_READ(w->loop_copies); }
+
+static void prom_workers(struct strbuf *out)
+{
+    uint64_t now = stats_now_us();
+    prom_per_worker(out, "umbra_worker_loop_stalled_seconds", "gauge",
+                    "How long the worker has been running callbacks without returning to poll "
+                    "(0 while it waits for events).", loop_stalled_us, now, true);
+    prom_per_worker(out, "umbra_worker_loop_busy_max_seconds", "gauge",
+                    "Longest event-loop iteration (poll return to next poll) since start.", w_busy_max,
+                    now, true);
+    prom_per_worker(out, "umbra_worker_loop_iterations_total", "counter", "Event-loop iterations.",
+                    w_iterations, now, false);
+    prom_per_worker(out, "umbra_worker_downstream_connections_open", "gauge",
+                    "Client connections on the worker at the end of its last loop iteration.", w_clients,
+                    now, false);
+    prom_per_worker(out, "umbra_worker_primary_streams_in_flight", "gauge",
+                    "Primary streams (requests being forwarded) at the end of the last loop iteration.",
+                    w_streams, now, false);
+    prom_per_worker(out, "umbra_worker_mirror_copies_in_flight", "gauge",
+                    "Mirror copies in flight at the end of the last loop iteration.", w_copies, now, false);
+    strbuf_puts(out, "# HELP umbra_worker_loop_busy_seconds Event-loop iterations by duration (poll "
+                     "return to next poll).\n# TYPE umbra_worker_loop_busy_seconds histogram\n");
+    for (int i = 0; i < nworkers; i++) {
+        char labels[32];
+        snprintf(labels, sizeof labels, "worker=\"%d\"", workers[i]->id);
+        struct stats_hist h = {0};
+        hist_add(&h, &workers[i]->loop_busy);
+        prom_hist(out, "umbra_worker_loop_busy_seconds", labels, &h);
+    }
+}
+
 void stats_render_prometheus(struct strbuf *out)
 {
     struct totals *t = totals_collect();
     prom_downstream(out, &t->all);
     prom_clusters(out, t);
     prom_mirrors(out, t);
+    prom_workers(out);
     free(t);
 }
 
@@ -318,6 +415,30 @@ static void json_hist(struct strbuf *out, const struct stats_hist *h)
 {
     strbuf_printf(out, "{\"count\":%lu,\"sum_seconds\":%.6f}", (unsigned long)h->count,
                   (double)h->sum_us / 1e6);
+}
+
+static void json_worker_loops(struct strbuf *out)
+{
+    uint64_t now = stats_now_us();
+    strbuf_puts(out, "[");
+    for (int i = 0; i < nworkers; i++) {
+        const struct worker_stats *w = workers[i];
+        struct stats_hist h = {0};
+        hist_add(&h, &w->loop_busy);
+        strbuf_printf(out,
+                      "%s{\"worker\":%d,\"stalled_seconds\":%.6f,\"busy_max_seconds\":%.6f,"
+                      "\"iterations\":%lu,\"downstream_connections\":%lu,\"primary_streams\":%lu,"
+                      "\"mirror_copies\":%lu,\"busy\":",
+                      i ? "," : "", w->id, (double)loop_stalled_us(w, now) / 1e6,
+                      (double)STAT_READ(w->loop_busy_max_us) / 1e6,
+                      (unsigned long)STAT_READ(w->loop_iterations),
+                      (unsigned long)STAT_READ(w->loop_clients),
+                      (unsigned long)STAT_READ(w->loop_streams),
+                      (unsigned long)STAT_READ(w->loop_copies));
+        json_hist(out, &h);
+        strbuf_puts(out, "}");
+    }
+    strbuf_puts(out, "]");
 }
 
 void stats_render_json(struct strbuf *out)
@@ -367,6 +488,8 @@ void stats_render_json(struct strbuf *out)
             strbuf_printf(out, ",\"%s\":%lu", outcome_names[o], (unsigned long)m->outcomes[o]);
         strbuf_puts(out, "}");
     }
-    strbuf_puts(out, "]}");
+    strbuf_puts(out, "],\"worker_loops\":");
+    json_worker_loops(out);
+    strbuf_puts(out, "}");
     free(t);
 }

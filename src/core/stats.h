@@ -113,6 +113,16 @@ struct worker_stats {
     struct stats_cluster clusters[STATS_MAX_CLUSTERS];
     uint64_t nmirrors;              /* published with release */
     struct stats_mirror mirrors[STATS_MAX_MIRRORS];
+    /* The worker's event loop, written by its thread around each poll (see
+     * stats_loop_woke/stats_loop_idle): a loop that stops iterating shows as
+     * a growing loop_busy_since age, long before its clients time out. */
+    uint64_t loop_iterations;
+    uint64_t loop_busy_since_us;    /* stats_now_us() when callbacks began; 0 while in poll */
+    uint64_t loop_busy_max_us;      /* longest iteration since start */
+    struct stats_hist loop_busy;    /* time from poll return to the next poll */
+    uint64_t loop_clients;          /* in flight at the end of the last iteration: */
+    uint64_t loop_streams;          /*   client connections, primary streams, */
+    uint64_t loop_copies;           /*   mirror copies */
 };
 
 /** Bytes held by mirror copies in the whole process (DESIGN.md §1.2). */
@@ -131,6 +141,17 @@ struct stats_cluster *stats_cluster_get(struct worker_stats *ws, const char *nam
 struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route, const char *cluster);
 /** Records one observation in microseconds. */
 void stats_hist_observe(struct stats_hist *h, uint64_t us);
+
+/** A monotonic clock in microseconds, never 0: the time base of the loop
+ *  figures (any thread). */
+uint64_t stats_now_us(void);
+/** ws's loop returned from poll at now_us and starts running callbacks
+ *  (owning worker only). */
+void stats_loop_woke(struct worker_stats *ws, uint64_t now_us);
+/** ws's loop is about to poll again at now_us: counts the iteration begun by
+ *  stats_loop_woke and publishes what is in flight (owning worker only). */
+void stats_loop_idle(struct worker_stats *ws, uint64_t now_us, uint64_t clients, uint64_t streams,
+                     uint64_t copies);
 
 /** Prometheus text of everything (summed over workers). */
 void stats_render_prometheus(struct strbuf *out);

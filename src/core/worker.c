@@ -305,6 +305,52 @@ void worker_request_id(struct worker *w, char out[37])
     out[o] = '\0';
 }
 
+/* ---- loop-lag figures ---- */
+
+/* Runs first after poll returns, so all of the iteration's work is timed. */
+static void loop_woke_cb(struct ev_loop *loop, ev_check *c, int revents)
+{
+    struct worker *w = c->data;
+    stats_loop_woke(w->stats, stats_now_us());
+}
+
+/* Besides mirror copies, only primary streams hold a wsnap. */
+static uint64_t loop_primary_streams(const struct worker *w)
+{
+    long n = -(long)w->ncopies;
+    if (w->cur) n += w->cur->streams;
+    for (const struct wsnap *ws = w->retired; ws; ws = ws->next) n += ws->streams;
+    return n > 0 ? (uint64_t)n : 0;
+}
+
+/* Runs last before the loop polls (after the reaper, whose work it times). */
+static void loop_idle_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    struct worker *w = p->data;
+    stats_loop_idle(w->stats, stats_now_us(), w->nconns, loop_primary_streams(w), w->ncopies);
+}
+
+static void loop_watch_start(struct worker *w)
+{
+    ev_check_init(&w->loop_woke, loop_woke_cb);
+    ev_set_priority(&w->loop_woke, EV_MAXPRI);
+    w->loop_woke.data = w;
+    ev_check_start(w->loop, &w->loop_woke);
+    ev_prepare_init(&w->loop_idle, loop_idle_cb);
+    ev_set_priority(&w->loop_idle, EV_MINPRI);
+    w->loop_idle.data = w;
+    ev_prepare_start(w->loop, &w->loop_idle);
+}
+
+/* The loop ended inside an iteration (ev_break): close it, so a stopped
+ * worker does not read as a stalled one. */
+static void loop_watch_stop(struct worker *w)
+{
+    ev_check_stop(w->loop, &w->loop_woke);
+    ev_prepare_stop(w->loop, &w->loop_idle);
+    loop_idle_cb(w->loop, &w->loop_idle, 0);
+}
+
 /* ---- thread ---- */
 
 struct worker *worker_new(int id, struct worker_stats *stats)
@@ -321,6 +367,7 @@ struct worker *worker_new(int id, struct worker_stats *stats)
     ev_prepare_init(&w->reaper, reaper_cb);
     w->reaper.data = w;
     ev_prepare_start(w->loop, &w->reaper);
+    loop_watch_start(w);
     if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
         w->rng[0] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull + (uint64_t)id;
         w->rng[1] = 0xbf58476d1ce4e5b9ull;
@@ -340,6 +387,7 @@ static void release_all(struct worker *w)
     w->listen_io = NULL;
     router_thread_cleanup();
     chunk_thread_cleanup();
+    loop_watch_stop(w);
 }
 
 static void *worker_main(void *arg)

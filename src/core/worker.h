@@ -79,6 +79,8 @@ struct worker {
     struct deferred *garbage;
     uint64_t seq;            /* request id counter */
     uint64_t rng[2];         /* xorshift state */
+    ev_check loop_woke;      /* loop-lag figures for stats (stats_loop_woke/idle) */
+    ev_prepare loop_idle;
 };
 
 /** The snapshot workers should run (published by server.c). */

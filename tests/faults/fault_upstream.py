@@ -29,7 +29,14 @@ Used as a module (FaultUpstream runs its loop in a thread) and as a CLI:
           [--param rate=2] [--control FILE] [--status FILE]
 
 prints "listening PORT" once ready, then serves until SIGTERM/SIGINT. --status
-FILE is rewritten (JSON counters) at most every 100 ms.
+FILE is rewritten (JSON counters) at most every 100 ms, and at least every
+second while the loop runs, so a stale file means a stalled server. Besides
+the counters it holds loop_lag_max_s (the longest the loop was late for a
+100 ms tick) and gc_pause_max_s / gc_full (the longest garbage collection
+pause, how many full collections). SIGUSR1 dumps every thread's Python stack to
+stderr. The CLI keeps counters only, not the request records (nobody outside
+the process could read them, and millions of them made full garbage
+collections stall the loop for seconds in long soaks).
 
 Not a general server: it parses just enough HTTP/1.1 to find where a request
 ends, bounds every head, and trusts nothing it reads.
@@ -37,6 +44,8 @@ ends, bounds every head, and trusts nothing it reads.
 
 import argparse
 import asyncio
+import faulthandler
+import gc
 import json
 import os
 import signal
@@ -52,6 +61,8 @@ MODES = ("echo", "refuse", "reset-before-response", "reset-after-headers", "rese
 NEVER_READ = ("black-hole", "tiny-window")
 TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # tcpi_state values (linux/tcp_states.h)
 MAX_HEAD = 64 * 1024
+TICK_S = 0.1          # loop-lag heartbeat
+STATUS_EVERY_S = 1.0  # the status file is rewritten at least this often
 
 MALFORMED = {
     "malformed-cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -337,9 +348,13 @@ class _Conn(asyncio.Protocol):
 
 
 class FaultUpstream:
-    """The server; start() runs its loop in a daemon thread, run() in this one."""
+    """The server; start() runs its loop in a daemon thread, run() in this one.
 
-    def __init__(self, mode="echo", listen="127.0.0.1:0", control=None, status=None, **params):
+    record=False keeps the counters but not `heads` and `requests` (for long
+    runs: the lists grow by two dicts per request)."""
+
+    def __init__(self, mode="echo", listen="127.0.0.1:0", control=None, status=None, record=True,
+                 **params):
         mode, extra = parse_mode(mode)
         if mode not in MODES:
             raise ValueError("unknown mode %r (one of %s)" % (mode, ", ".join(MODES)))
@@ -349,6 +364,7 @@ class FaultUpstream:
         self.host = host.strip("[]") or "127.0.0.1"
         self.control_path = control
         self.status_path = status
+        self.record = record
         self._control_mtime = None
         self.loop = None
         self.lock = threading.Lock()
@@ -356,6 +372,9 @@ class FaultUpstream:
         self.requests = []     # requests whose body completed
         self.counters = {"accepted": 0, "closed": 0, "bytes_in": 0, "bytes_out": 0, "heads": 0,
                          "requests": 0, "mode_changes": 0}
+        self.lag = {"loop_lag_max_s": 0.0, "gc_pause_max_s": 0.0, "gc_full": 0}
+        self._gc_t0 = None
+        self._status_written = 0.0
         self.conns = set()
         self.held = set()      # sockets of never-reading modes
         self._seq = 0
@@ -386,19 +405,22 @@ class FaultUpstream:
 
     def record_head(self, r):
         with self.lock:
-            self.heads.append(r.as_dict())
+            if self.record:
+                self.heads.append(r.as_dict())
             self.counters["heads"] += 1
         self._dirty = True
 
     def record_request(self, r):
         with self.lock:
-            self.requests.append(r.as_dict())
+            if self.record:
+                self.requests.append(r.as_dict())
             self.counters["requests"] += 1
         self._dirty = True
 
     def stats(self):
         with self.lock:
             out = dict(self.counters)
+            out.update(self.lag)
         out["open"] = len(self.conns) + len(self.held)
         out["mode"] = self.mode
         return out
@@ -527,13 +549,39 @@ class FaultUpstream:
                 pass
             except (ValueError, KeyError) as e:
                 sys.stderr.write("fault_upstream: bad control file: %s\n" % e)
-        if self.status_path and self._dirty:
+        now = time.monotonic()
+        if self.status_path and (self._dirty or now - self._status_written >= STATUS_EVERY_S):
             self._dirty = False
+            self._status_written = now
             tmp = self.status_path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(self.stats(), f)
             os.replace(tmp, self.status_path)
         self.loop.call_later(0.05 if self.control_path else 0.1, self._poll_files)
+
+    # ---- how late the loop runs ----
+
+    def _tick(self, due):
+        late = time.monotonic() - due
+        if late > self.lag["loop_lag_max_s"]:
+            self.lag["loop_lag_max_s"] = round(late, 3)
+            self._dirty = True
+        self.loop.call_later(TICK_S, self._tick, time.monotonic() + TICK_S)
+
+    def _gc_cb(self, phase, info):
+        """gc.callbacks hook: times full collections (the ones that stall).
+        Takes no lock: a collection may start while this thread holds one."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_t0 = time.monotonic()
+        elif self._gc_t0 is not None:
+            pause = time.monotonic() - self._gc_t0
+            self._gc_t0 = None
+            self.lag["gc_full"] += 1
+            if pause > self.lag["gc_pause_max_s"]:
+                self.lag["gc_pause_max_s"] = round(pause, 3)
+            self._dirty = True
 
     # ---- lifecycle ----
 
@@ -545,6 +593,7 @@ class FaultUpstream:
             self._open_listener()
         self._poll_files()
         self._sweep_held()
+        self.loop.call_later(TICK_S, self._tick, time.monotonic() + TICK_S)
         self._ready.set()
         await self._stopped.wait()
         self._close_listener()
@@ -557,7 +606,11 @@ class FaultUpstream:
     def run(self):
         """Serves in the calling thread until stop()."""
         self._thread = threading.current_thread()
-        asyncio.run(self._main())
+        gc.callbacks.append(self._gc_cb)
+        try:
+            asyncio.run(self._main())
+        finally:
+            gc.callbacks.remove(self._gc_cb)
         self.hold.close()
 
     def start(self):
@@ -589,7 +642,9 @@ def main(argv=None):
     ap.add_argument("--status", help="file to write JSON counters to")
     args = ap.parse_args(argv)
     params = dict(p.split("=", 1) for p in args.param)
-    srv = FaultUpstream(args.mode, args.listen, control=args.control, status=args.status, **params)
+    srv = FaultUpstream(args.mode, args.listen, control=args.control, status=args.status, record=False,
+                        **params)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def stop(signum, frame):
         srv.stop()

@@ -1,7 +1,8 @@
 /* stats_test — per-worker blocks summed on scrape: downstream counters,
  * cluster and mirror entries matched by name across workers, histogram
  * buckets (cumulative, with their le labels, _sum and _count), every mirror
- * outcome label, and /stats JSON that parses with jansson. */
+ * outcome label, and /stats JSON that parses with jansson; per-worker loop
+ * figures (iterations, longest, live stall, in-flight counts), not summed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -523,11 +524,118 @@ static void test_json_empty(void **state)
     assert_int_equal(jint(j, "downstream", "requests", NULL), 0);
     assert_int_equal(json_object_size(json_object_get(j, "clusters")), 0);
     assert_int_equal(json_array_size(json_object_get(j, "mirrors")), 0);
+    assert_int_equal(json_array_size(json_object_get(j, "worker_loops")), 0);
     json_decref(j);
     char *t = prometheus(); /* renders with nothing registered */
     assert_true(sample(t, "umbra_downstream_requests_total") == 0);
     assert_true(sample(t, "umbra_downstream_request_duration_seconds_bucket{le=\"+Inf\"}") == 0);
     free(t);
+}
+
+/* ---- worker loops ---- */
+
+/* A finished iteration counts once, with its duration in the max and the
+ * histogram; in-flight counts are published; a shorter iteration does not
+ * lower the max, and a worker in poll is not stalled. */
+static void test_loop_iterations(void **state)
+{
+    struct worker_stats *w0 = worker(0), *w1 = worker(1);
+    stats_loop_woke(w0, 1000000);
+    stats_loop_idle(w0, 1000000 + 3000, 5, 4, 3);
+    stats_loop_woke(w0, 2000000);
+    stats_loop_idle(w0, 2000000 + 100, 6, 2, 1);
+    stats_loop_idle(w1, 5000, 1, 0, 0); /* no wake before: not an iteration */
+
+    char *t = prometheus();
+    assert_true(sample(t, "umbra_worker_loop_iterations_total{worker=\"0\"}") == 2);
+    assert_true(sample(t, "umbra_worker_loop_iterations_total{worker=\"1\"}") == 0);
+    assert_true(sample(t, "umbra_worker_loop_busy_max_seconds{worker=\"0\"}") == 0.003);
+    assert_true(sample(t, "umbra_worker_loop_busy_max_seconds{worker=\"1\"}") == 0);
+    assert_true(sample(t, "umbra_worker_loop_stalled_seconds{worker=\"0\"}") == 0);
+    assert_true(sample(t, "umbra_worker_loop_stalled_seconds{worker=\"1\"}") == 0);
+    assert_true(sample(t, "umbra_worker_downstream_connections_open{worker=\"0\"}") == 6);
+    assert_true(sample(t, "umbra_worker_primary_streams_in_flight{worker=\"0\"}") == 2);
+    assert_true(sample(t, "umbra_worker_mirror_copies_in_flight{worker=\"0\"}") == 1);
+    assert_true(sample(t, "umbra_worker_downstream_connections_open{worker=\"1\"}") == 1);
+    static const uint64_t busy[STATS_HIST_BUCKETS] = {1, 1, 1, 2, 2, 2, 2, 2, 2,
+                                                      2, 2, 2, 2, 2, 2, 2, 2};
+    assert_buckets(t, "umbra_worker_loop_busy_seconds", "worker=\"0\",", busy);
+    assert_true(sample(t, "umbra_worker_loop_busy_seconds_sum{worker=\"0\"}") == 0.0031);
+    assert_true(sample(t, "umbra_worker_loop_busy_seconds_count{worker=\"1\"}") == 0);
+    assert_non_null(strstr(t, "# TYPE umbra_worker_loop_stalled_seconds gauge\n"));
+    assert_non_null(strstr(t, "# TYPE umbra_worker_loop_iterations_total counter\n"));
+    assert_non_null(strstr(t, "# TYPE umbra_worker_loop_busy_seconds histogram\n"));
+    free(t);
+}
+
+/* A worker stuck in a callback shows its stall live, before the iteration
+ * ends; once it polls again the stall becomes the max and the gauge is 0. */
+static void test_loop_stall_visible_while_stuck(void **state)
+{
+    worker(0);
+    struct worker_stats *w = worker(1);
+    uint64_t woke = stats_now_us() - 2500000;
+    stats_loop_woke(w, woke);
+
+    char *t = prometheus();
+    double stalled = sample(t, "umbra_worker_loop_stalled_seconds{worker=\"1\"}");
+    assert_true(stalled >= 2.5 && stalled < 60);
+    assert_true(sample(t, "umbra_worker_loop_stalled_seconds{worker=\"0\"}") == 0);
+    assert_true(sample(t, "umbra_worker_loop_busy_max_seconds{worker=\"1\"}") == 0);
+    free(t);
+
+    stats_loop_idle(w, woke + 2600000, 0, 0, 0);
+    t = prometheus();
+    assert_true(sample(t, "umbra_worker_loop_stalled_seconds{worker=\"1\"}") == 0);
+    assert_true(sample(t, "umbra_worker_loop_busy_max_seconds{worker=\"1\"}") == 2.6);
+    assert_true(sample(t, "umbra_worker_loop_busy_seconds_bucket{worker=\"1\",le=\"2.5\"}") == 0);
+    assert_true(sample(t, "umbra_worker_loop_busy_seconds_bucket{worker=\"1\",le=\"5\"}") == 1);
+    free(t);
+}
+
+static void test_now_us(void **state)
+{
+    uint64_t a = stats_now_us(), b = stats_now_us();
+    assert_true(a > 0);
+    assert_true(b >= a);
+}
+
+static json_t *find_loop(json_t *loops, int id)
+{
+    size_t i;
+    json_t *l;
+    json_array_foreach(loops, i, l) {
+        if (json_integer_value(json_object_get(l, "worker")) == id) return l;
+    }
+    return NULL;
+}
+
+static void test_loop_json(void **state)
+{
+    struct worker_stats *w0 = worker(0), *w1 = worker(7);
+    stats_loop_woke(w0, 10);
+    stats_loop_idle(w0, 10 + 1500, 3, 2, 1);
+    stats_loop_woke(w1, stats_now_us() - 1000000);
+
+    json_t *j = stats_json();
+    json_t *loops = json_object_get(j, "worker_loops");
+    assert_true(json_is_array(loops));
+    assert_int_equal(json_array_size(loops), 2);
+    json_t *l = find_loop(loops, 0);
+    assert_non_null(l);
+    assert_int_equal(jint(l, "iterations", NULL), 1);
+    assert_int_equal(jint(l, "downstream_connections", NULL), 3);
+    assert_int_equal(jint(l, "primary_streams", NULL), 2);
+    assert_int_equal(jint(l, "mirror_copies", NULL), 1);
+    assert_int_equal(jint(l, "busy", "count", NULL), 1);
+    assert_true(json_number_value(json_object_get(l, "busy_max_seconds")) == 0.0015);
+    assert_true(json_number_value(json_object_get(l, "stalled_seconds")) == 0);
+    l = find_loop(loops, 7);
+    assert_non_null(l);
+    double stalled = json_number_value(json_object_get(l, "stalled_seconds"));
+    assert_true(stalled >= 1.0 && stalled < 60);
+    assert_int_equal(jint(l, "iterations", NULL), 0);
+    json_decref(j);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -548,6 +656,10 @@ int main(void)
         T(test_mirrors_summed_by_name),
         T(test_json),
         T(test_json_empty),
+        T(test_loop_iterations),
+        T(test_loop_stall_visible_while_stuck),
+        T(test_now_us),
+        T(test_loop_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
