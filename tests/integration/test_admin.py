@@ -110,3 +110,33 @@ def test_metrics_parser_rejects_garbage():
     except ValueError:
         return
     raise AssertionError("parser accepted a bad line")
+
+
+def test_worker_loop_figures(procs):
+    """Each worker reports its own loop: iterations move with traffic, nothing
+    is stalled while idle, and what is in flight drops back to zero."""
+    b = procs.backend()
+    u = procs.umbra(make_config({"primary": [b]}, workers=2))
+    for k in range(4):  # several connections, so both workers are likely to take part
+        with Client(u.port) as c:
+            for i in range(5):
+                assert c.request("GET", "/loop/%d/%d" % (k, i)).status == 200
+
+    def loops():
+        status, body = u.admin("GET", "/stats")
+        assert status == 200, body
+        return json.loads(body)["worker_loops"]
+
+    wait_until(lambda: sum(w["iterations"] for w in loops()) >= 20, 5, what="loop iterations to count requests")
+    got = loops()
+    assert sorted(w["worker"] for w in got) == [0, 1], got
+    for w in got:
+        assert w["stalled_seconds"] < 1.0, got  # idle workers wait in poll
+        assert w["busy_max_seconds"] >= 0, got
+    wait_until(lambda: all(w["primary_streams"] == 0 and w["downstream_connections"] == 0 for w in loops()),
+               5, what="nothing in flight once the clients are gone")
+    m = u.metrics()
+    for name in ("umbra_worker_loop_stalled_seconds", "umbra_worker_loop_busy_max_seconds",
+                 "umbra_worker_loop_iterations_total", "umbra_worker_primary_streams_in_flight"):
+        assert sorted(m.by_label(name, "worker")) == ["0", "1"], name
+    assert 20 <= m.sum("umbra_worker_loop_iterations_total") <= sum(w["iterations"] for w in loops())
