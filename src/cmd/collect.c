@@ -158,8 +158,10 @@ int cmd_collect(int argc, char **argv)
     if (net_local_addr(fd, &bound) < 0) snprintf(bound.text, sizeof bound.text, "%s", a.listen);
     /* A reader of stdout that went away must fail writes, not kill us. */
     signal(SIGPIPE, SIG_IGN);
-    struct collector_options opts = {
-        .out = out, .body = a.body, .status = a.status, .delay_ms = a.delay_ms};
+    struct collector_options opts = {.out = out,
+                                     .body = a.body,
+                                     .status = a.status,
+                                     .delay_ms = a.delay_ms};
     col = collector_start(ev_default_loop(0), fd, &opts);
     if (!col) {
         fprintf(stderr, "collect: cannot start\n");

@@ -152,11 +152,12 @@ static void demo_print(const char *yaml, const char *listen)
         printf("# umbra demo: try: curl -s localhost:8080/hello\n");
     else if (n > 2 && strcmp(listen + n - 2, ":0") == 0)
         printf("# umbra demo: try: curl -s http://%.*s:PORT/hello (PORT: see \"listening on\" "
-               "below)\n", (int)(n - 2), listen);
-    else
-        printf("# umbra demo: try: curl -s http://%s/hello\n", listen);
+               "below)\n",
+               (int)(n - 2), listen);
+    else printf("# umbra demo: try: curl -s http://%s/hello\n", listen);
     printf("# primary = embedded echo server; shadow = embedded collector, which prints\n"
-           "# every mirrored request below as one JSON line. Config in use:\n%s\n", yaml);
+           "# every mirrored request below as one JSON line. Config in use:\n%s\n",
+           yaml);
     fflush(stdout);
 }
 

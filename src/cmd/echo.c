@@ -46,12 +46,9 @@ int cmd_echo(int argc, char **argv)
 {
     const char *listen = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
-            listen = argv[++i];
-        else if (strncmp(argv[i], "--listen=", 9) == 0)
-            listen = argv[i] + 9;
-        else
-            return echo_usage();
+        if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) listen = argv[++i];
+        else if (strncmp(argv[i], "--listen=", 9) == 0) listen = argv[i] + 9;
+        else return echo_usage();
     }
     struct cfg_addr addr;
     if (!listen || config_parse_addr(listen, &addr) < 0) return echo_usage();

@@ -15,21 +15,22 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "umbra %s — a traffic-mirroring HTTP proxy\n"
-            "\n"
-            "usage:\n"
-            "  umbra -c FILE                 run the proxy with configuration FILE\n"
-            "  umbra run -c FILE             the same\n"
-            "  umbra check -c FILE           validate FILE; print FILE:LINE:COLUMN: errors\n"
-            "  umbra demo [--listen ADDR]    a proxy with an embedded primary and shadow collector\n"
-            "  umbra collect --listen ADDR --out FILE [--body] [--status N] [--delay DURATION]\n"
-            "                                a shadow sink writing one JSON line per request\n"
-            "  umbra echo --listen ADDR      an HTTP server that answers with the request as JSON\n"
-            "  umbra --version | --help\n"
-            "\n"
-            "Signals: SIGHUP reloads FILE; SIGTERM/SIGINT drain in-flight requests and exit.\n",
-            UMBRA_VERSION);
+    fprintf(
+        out,
+        "umbra %s — a traffic-mirroring HTTP proxy\n"
+        "\n"
+        "usage:\n"
+        "  umbra -c FILE                 run the proxy with configuration FILE\n"
+        "  umbra run -c FILE             the same\n"
+        "  umbra check -c FILE           validate FILE; print FILE:LINE:COLUMN: errors\n"
+        "  umbra demo [--listen ADDR]    a proxy with an embedded primary and shadow collector\n"
+        "  umbra collect --listen ADDR --out FILE [--body] [--status N] [--delay DURATION]\n"
+        "                                a shadow sink writing one JSON line per request\n"
+        "  umbra echo --listen ADDR      an HTTP server that answers with the request as JSON\n"
+        "  umbra --version | --help\n"
+        "\n"
+        "Signals: SIGHUP reloads FILE; SIGTERM/SIGINT drain in-flight requests and exit.\n",
+        UMBRA_VERSION);
 }
 
 /* Finds "-c FILE" / "--config FILE" in argv; NULL if absent. */

@@ -36,7 +36,8 @@ void access_log_write(int fd, const struct access_entry *e)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strbuf_printf(&sb, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\"", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  ts.tv_nsec / 1000000);
     json_str(&sb, "client", e->client_ip, strlen(e->client_ip));
     json_str(&sb, "method", e->method.p ? e->method.p : "", e->method.len);
     json_str(&sb, "path", e->path.p ? e->path.p : "", e->path.len);

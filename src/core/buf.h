@@ -26,7 +26,11 @@ struct chunk {
  *  (aborts on allocation failure, like the rest of the process). */
 struct chunk *chunk_new(size_t cap);
 /** Takes one more reference. */
-static inline struct chunk *chunk_ref(struct chunk *c) { c->refs++; return c; }
+static inline struct chunk *chunk_ref(struct chunk *c)
+{
+    c->refs++;
+    return c;
+}
 /** Drops one reference; the chunk is recycled or freed at zero. */
 void chunk_unref(struct chunk *c);
 /** Bytes held by all chunks alive on this thread (for stats). */

@@ -41,6 +41,8 @@ void log_ratelimited(struct log_ratelimit *rl, enum log_level level, const char 
 #define log_warn(sub, ...) log_msg(LOG_WARN, sub, __VA_ARGS__)
 #define log_info(sub, ...) log_msg(LOG_INFO, sub, __VA_ARGS__)
 #define log_debug(sub, ...) \
-    do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, sub, __VA_ARGS__); } while (0)
+    do { \
+        if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, sub, __VA_ARGS__); \
+    } while (0)
 
 #endif

@@ -17,8 +17,7 @@ int net_listen(const struct cfg_addr *addr, bool reuseport, int backlog)
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) goto fail;
-    if (addr->ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (addr->ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) goto fail;
     if (listen(fd, backlog) < 0) goto fail;
     return fd;
@@ -64,8 +63,7 @@ void net_format_ip(const struct sockaddr *sa, char *out, size_t outlen)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
-    else
-        snprintf(out, outlen, "unknown");
+    else snprintf(out, outlen, "unknown");
 }
 
 void net_format(const struct sockaddr *sa, char *out, size_t outlen)
@@ -76,6 +74,5 @@ void net_format(const struct sockaddr *sa, char *out, size_t outlen)
         snprintf(out, outlen, "[%s]:%u", ip, ntohs(((const struct sockaddr_in6 *)sa)->sin6_port));
     else if (sa->sa_family == AF_INET)
         snprintf(out, outlen, "%s:%u", ip, ntohs(((const struct sockaddr_in *)sa)->sin_port));
-    else
-        snprintf(out, outlen, "%s", ip);
+    else snprintf(out, outlen, "%s", ip);
 }

@@ -15,10 +15,10 @@
 #define RUNTIME_MAX_KEYS 1024
 
 struct runtime_entry {
-    char key[288]; /* "mirror." + route + "." + cluster, 128 characters each at most */
-    _Atomic uint32_t ppm;   /* the value in force, parts per million */
-    uint32_t default_ppm;   /* from the config (main thread only) */
-    bool overridden;        /* set by the admin API (main thread only) */
+    char key[288];        /* "mirror." + route + "." + cluster, 128 characters each at most */
+    _Atomic uint32_t ppm; /* the value in force, parts per million */
+    uint32_t default_ppm; /* from the config (main thread only) */
+    bool overridden;      /* set by the admin API (main thread only) */
 };
 
 /** Registers key with the config's value, or refreshes the default of an

@@ -3,12 +3,12 @@
  * reloads and the drain on exit. It is never on a request's path. */
 #include "core/server.h"
 
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "admin/admin.h"
@@ -146,7 +146,8 @@ static int snapshot_tls_build(struct snapshot *snap)
 static void snapshot_free(struct snapshot *snap)
 {
     snapshot_tls_free(snap);
-    for (size_t l = 0; l < snap->cfg->nlisteners; l++) lsock_put(snap->cfg->listeners[l].listen.text);
+    for (size_t l = 0; l < snap->cfg->nlisteners; l++)
+        lsock_put(snap->cfg->listeners[l].listen.text);
     free(snap->listen_fds);
     free(snap->route_mirror_base);
     free(snap->mirror_rt);
@@ -235,7 +236,8 @@ static struct snapshot *snapshot_new(struct config *cfg)
             free(snap);
             return NULL;
         }
-        memcpy(&snap->listen_fds[l * (size_t)srv.nworkers], s->fds, (size_t)srv.nworkers * sizeof(int));
+        memcpy(&snap->listen_fds[l * (size_t)srv.nworkers], s->fds,
+               (size_t)srv.nworkers * sizeof(int));
     }
     return snap;
 }
@@ -421,8 +423,8 @@ static void plan_descriptors(const struct config *cfg)
     long own = count_open_fds() + (long)(cfg->nlisteners * (size_t)srv.nworkers) + 32;
     long budget = ((long)rl.rlim_cur - own) / 3;
     worker_client_budget = budget > 0 ? (unsigned)budget : 1;
-    log_info("server", "descriptor limit %lu: up to %u client connections", (unsigned long)rl.rlim_cur,
-             worker_client_budget);
+    log_info("server", "descriptor limit %lu: up to %u client connections",
+             (unsigned long)rl.rlim_cur, worker_client_budget);
 }
 
 int server_run(struct config *cfg, const char *config_path)

@@ -13,7 +13,11 @@ struct strbuf {
     size_t cap;
 };
 
+/** An empty strbuf, for initializers (kept from clang-format 14, which would
+ *  split the braces over four lines). */
+// clang-format off
 #define STRBUF_INIT {NULL, 0, 0}
+// clang-format on
 
 /** Appends n bytes. Aborts on allocation failure (these buffers are small). */
 void strbuf_append(struct strbuf *sb, const void *p, size_t n);

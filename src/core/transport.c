@@ -31,7 +31,8 @@ static void plain_close(struct transport *t)
     t->fd = -1;
 }
 
-static const struct transport_ops plain_ops = {plain_read, plain_writev, plain_shutdown, plain_close};
+static const struct transport_ops plain_ops = {plain_read, plain_writev, plain_shutdown,
+                                               plain_close};
 
 void transport_plain(struct transport *t, int fd)
 {

@@ -377,8 +377,8 @@ static int h1_field_line(const char *buf, size_t *pos, bool crlf_only, struct h1
 }
 
 /* Field lines from *pos up to and including the blank line that ends them. */
-static int h1_fields(const char *buf, size_t *pos, bool crlf_only, struct h1_header *h,
-                     size_t max, size_t *n)
+static int h1_fields(const char *buf, size_t *pos, bool crlf_only, struct h1_header *h, size_t max,
+                     size_t *n)
 {
     size_t i = *pos, k = 0;
     for (;;) {
@@ -542,8 +542,7 @@ static void h1_te_scan(const struct h1_header *h, size_t n, size_t first, struct
             if (te->last_chunked) te->chunked++;
             else if (h1_coding_is_chunked_with_params(el) || !h1_coding_valid(el))
                 te->malformed = true;
-            else
-                te->others++;
+            else te->others++;
         }
     }
 }
@@ -605,8 +604,7 @@ static bool h1_reg_name_valid(const char *s, size_t n)
     if (n == 0) return false;
     for (size_t i = 0; i < n; i++) {
         if (h1_is(s[i], H1_C_HOST)) continue;
-        if (s[i] != '%' || i + 2 >= n || !h1_is(s[i + 1], H1_C_HEX) ||
-            !h1_is(s[i + 2], H1_C_HEX))
+        if (s[i] != '%' || i + 2 >= n || !h1_is(s[i + 1], H1_C_HEX) || !h1_is(s[i + 2], H1_C_HEX))
             return false;
         i += 2;
     }
@@ -824,20 +822,20 @@ int h1_parse_response(struct h1_parser *p, const char *buf, size_t len,
 
 /* h1_chunked.state; negative values are the sticky error. */
 enum h1_chunk_state {
-    H1_CS_SIZE = 0,    /* chunk-size hex digits; remaining accumulates the size */
-    H1_CS_EXT_NAME0,   /* after ';': first byte of an extension name */
-    H1_CS_EXT_NAME,    /* inside an extension name */
-    H1_CS_EXT_VAL0,    /* after '=': first byte of an extension value */
-    H1_CS_EXT_TOKEN,   /* inside a token value */
-    H1_CS_EXT_QUOTED,  /* inside a quoted-string value */
-    H1_CS_EXT_ESCAPE,  /* after a backslash inside a quoted-string */
-    H1_CS_EXT_QEND,    /* just after a quoted-string's closing quote */
-    H1_CS_SIZE_LF,     /* size line's CR seen: LF must follow */
-    H1_CS_DATA,        /* chunk data; remaining bytes to go */
-    H1_CS_DATA_CR,     /* data done: CR must follow */
-    H1_CS_DATA_LF,     /* CR after data seen: LF must follow */
-    H1_CS_TRAILER,     /* after the last chunk: waiting for the whole trailer section */
-    H1_CS_DONE,        /* message complete */
+    H1_CS_SIZE = 0,   /* chunk-size hex digits; remaining accumulates the size */
+    H1_CS_EXT_NAME0,  /* after ';': first byte of an extension name */
+    H1_CS_EXT_NAME,   /* inside an extension name */
+    H1_CS_EXT_VAL0,   /* after '=': first byte of an extension value */
+    H1_CS_EXT_TOKEN,  /* inside a token value */
+    H1_CS_EXT_QUOTED, /* inside a quoted-string value */
+    H1_CS_EXT_ESCAPE, /* after a backslash inside a quoted-string */
+    H1_CS_EXT_QEND,   /* just after a quoted-string's closing quote */
+    H1_CS_SIZE_LF,    /* size line's CR seen: LF must follow */
+    H1_CS_DATA,       /* chunk data; remaining bytes to go */
+    H1_CS_DATA_CR,    /* data done: CR must follow */
+    H1_CS_DATA_LF,    /* CR after data seen: LF must follow */
+    H1_CS_TRAILER,    /* after the last chunk: waiting for the whole trailer section */
+    H1_CS_DONE,       /* message complete */
 };
 
 void h1_chunked_init(struct h1_chunked *c) { memset(c, 0, sizeof *c); }

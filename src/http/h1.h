@@ -19,32 +19,32 @@
 #define H1_AGAIN 1
 
 enum h1_error {
-    H1_ERR_SYNTAX = -1,            /* 400: malformed start line or field line */
-    H1_ERR_BARE_CR = -2,           /* 400: CR not followed by LF */
-    H1_ERR_OBS_FOLD = -3,          /* 400: field line starting with SP/HTAB */
-    H1_ERR_SPACE_BEFORE_COLON = -4,/* 400: "Name : value" */
-    H1_ERR_HEADER_NAME = -5,       /* 400: empty name or non-token character */
-    H1_ERR_HEADER_VALUE = -6,      /* 400: CTL (NUL, CR, LF, ...) in a value */
-    H1_ERR_CL_INVALID = -7,        /* 400: Content-Length not 1*DIGIT, or overflows */
-    H1_ERR_CL_DUPLICATE = -8,      /* 400: Content-Length twice (even if equal), or a list */
-    H1_ERR_CL_AND_TE = -9,         /* 400: both Content-Length and Transfer-Encoding */
-    H1_ERR_TE_NOT_CHUNKED = -10,   /* 400: chunked not last, repeated, or TE on HTTP/1.0 */
-    H1_ERR_TE_UNKNOWN = -11,       /* 501: a coding other than chunked */
-    H1_ERR_HOST_MISSING = -12,     /* 400: HTTP/1.1 request without Host */
-    H1_ERR_HOST_DUPLICATE = -13,   /* 400: two Host fields */
-    H1_ERR_HOST_INVALID = -14,     /* 400: Host value not a valid authority */
-    H1_ERR_METHOD = -15,           /* 400: method not a token */
-    H1_ERR_TARGET = -16,           /* 400: request-target with CTL, SP or non-ASCII */
-    H1_ERR_VERSION = -17,          /* 400: not "HTTP/" DIGIT "." DIGIT */
+    H1_ERR_SYNTAX = -1,               /* 400: malformed start line or field line */
+    H1_ERR_BARE_CR = -2,              /* 400: CR not followed by LF */
+    H1_ERR_OBS_FOLD = -3,             /* 400: field line starting with SP/HTAB */
+    H1_ERR_SPACE_BEFORE_COLON = -4,   /* 400: "Name : value" */
+    H1_ERR_HEADER_NAME = -5,          /* 400: empty name or non-token character */
+    H1_ERR_HEADER_VALUE = -6,         /* 400: CTL (NUL, CR, LF, ...) in a value */
+    H1_ERR_CL_INVALID = -7,           /* 400: Content-Length not 1*DIGIT, or overflows */
+    H1_ERR_CL_DUPLICATE = -8,         /* 400: Content-Length twice (even if equal), or a list */
+    H1_ERR_CL_AND_TE = -9,            /* 400: both Content-Length and Transfer-Encoding */
+    H1_ERR_TE_NOT_CHUNKED = -10,      /* 400: chunked not last, repeated, or TE on HTTP/1.0 */
+    H1_ERR_TE_UNKNOWN = -11,          /* 501: a coding other than chunked */
+    H1_ERR_HOST_MISSING = -12,        /* 400: HTTP/1.1 request without Host */
+    H1_ERR_HOST_DUPLICATE = -13,      /* 400: two Host fields */
+    H1_ERR_HOST_INVALID = -14,        /* 400: Host value not a valid authority */
+    H1_ERR_METHOD = -15,              /* 400: method not a token */
+    H1_ERR_TARGET = -16,              /* 400: request-target with CTL, SP or non-ASCII */
+    H1_ERR_VERSION = -17,             /* 400: not "HTTP/" DIGIT "." DIGIT */
     H1_ERR_VERSION_UNSUPPORTED = -18, /* 505: major version other than 1 */
-    H1_ERR_TARGET_TOO_LONG = -19,  /* 414: request-target longer than the limit */
-    H1_ERR_HEAD_TOO_LARGE = -20,   /* 431: head longer than the limit */
-    H1_ERR_TOO_MANY_HEADERS = -21, /* 431: more than H1_MAX_HEADERS fields */
-    H1_ERR_CHUNK_SIZE = -22,       /* 400: chunk-size empty, non-hex, or overflows */
-    H1_ERR_CHUNK_EXT = -23,        /* 400: chunk extension malformed or too long */
-    H1_ERR_CHUNK_CRLF = -24,       /* 400: chunk data not followed by CRLF */
-    H1_ERR_TRAILER = -25,          /* 400: malformed or oversized trailer section */
-    H1_ERR_STATUS = -26,           /* 502 (response): malformed status line */
+    H1_ERR_TARGET_TOO_LONG = -19,     /* 414: request-target longer than the limit */
+    H1_ERR_HEAD_TOO_LARGE = -20,      /* 431: head longer than the limit */
+    H1_ERR_TOO_MANY_HEADERS = -21,    /* 431: more than H1_MAX_HEADERS fields */
+    H1_ERR_CHUNK_SIZE = -22,          /* 400: chunk-size empty, non-hex, or overflows */
+    H1_ERR_CHUNK_EXT = -23,           /* 400: chunk extension malformed or too long */
+    H1_ERR_CHUNK_CRLF = -24,          /* 400: chunk data not followed by CRLF */
+    H1_ERR_TRAILER = -25,             /* 400: malformed or oversized trailer section */
+    H1_ERR_STATUS = -26,              /* 502 (response): malformed status line */
 };
 
 /** The HTTP status umbra answers for `err` (400, 414, 431, 501, 505). */
@@ -93,11 +93,11 @@ void h1_parser_reset(struct h1_parser *p);
 
 struct h1_request {
     struct h1_str method;
-    struct h1_str target;   /* as received */
-    int version_minor;      /* 0 or 1; a higher 1.x minor is reported as 1 */
+    struct h1_str target; /* as received */
+    int version_minor;    /* 0 or 1; a higher 1.x minor is reported as 1 */
     struct h1_header headers[H1_MAX_HEADERS];
     size_t nheaders;
-    size_t head_len;        /* bytes of the head, incl. the blank line */
+    size_t head_len; /* bytes of the head, incl. the blank line */
 
     /* Derived, after validation: */
     enum h1_body_kind body;  /* NONE, LENGTH or CHUNKED for requests */
@@ -121,7 +121,7 @@ int h1_parse_request(struct h1_parser *p, const char *buf, size_t len,
                      const struct h1_limits *limits, struct h1_request *req);
 
 struct h1_response {
-    int status;              /* 100..999 */
+    int status; /* 100..999 */
     struct h1_str reason;
     int version_minor;
     struct h1_header headers[H1_MAX_HEADERS];
@@ -130,7 +130,7 @@ struct h1_response {
 
     enum h1_body_kind body;
     uint64_t content_length;
-    bool keep_alive;         /* the upstream allows reuse of the connection */
+    bool keep_alive; /* the upstream allows reuse of the connection */
 };
 
 /**
@@ -157,15 +157,15 @@ bool h1_name_is(struct h1_str name, const char *lower);
 /* ---- chunked transfer coding ---- */
 
 struct h1_chunked {
-    int state;                   /* private */
-    uint64_t remaining;          /* data bytes left in the current chunk */
-    size_t ext_bytes;            /* bytes of the current chunk's extensions */
-    size_t line_bytes;           /* bytes of the current size line */
-    size_t max_ext_bytes;        /* limit on one chunk's extensions (default 4096 when 0) */
-    size_t max_trailer_bytes;    /* limit on the trailer section (default 16384 when 0) */
+    int state;                /* private */
+    uint64_t remaining;       /* data bytes left in the current chunk */
+    size_t ext_bytes;         /* bytes of the current chunk's extensions */
+    size_t line_bytes;        /* bytes of the current size line */
+    size_t max_ext_bytes;     /* limit on one chunk's extensions (default 4096 when 0) */
+    size_t max_trailer_bytes; /* limit on the trailer section (default 16384 when 0) */
     struct h1_header trailers[H1_MAX_HEADERS / 4];
     size_t ntrailers;
-    size_t trailer_len;          /* bytes of the trailer section incl. final CRLF */
+    size_t trailer_len; /* bytes of the trailer section incl. final CRLF */
 };
 
 /** Zeroes the decoder for a new body; limits keep their defaults when 0. */

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/analyzer.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "http/h1.h"
@@ -113,7 +114,10 @@ static int hbuf_reserve(struct hsrv_buf *b, size_t extra)
 
 static int hbuf_append(struct hsrv_buf *b, const void *data, size_t n)
 {
+    /* b->p stays b's (hbuf_free frees it); gcc 12's analyzer loses it. */
+    ANALYZER_LEAK_OK_BEGIN
     if (hbuf_reserve(b, n) < 0) return -1;
+    ANALYZER_LEAK_OK_END
     if (n) memcpy(b->p + b->len, data, n);
     b->len += n;
     b->p[b->len] = '\0';
@@ -203,10 +207,8 @@ static int hsrv_serialize(const struct hsrv_response *resp, bool is_head, int ve
     strbuf_printf(&head, "HTTP/1.1 %d %s\r\n", status, hsrv_reason(status));
     if (resp->headers.len) strbuf_append(&head, resp->headers.data, resp->headers.len);
     if (!no_body) strbuf_printf(&head, "Content-Length: %zu\r\n", resp->body.len);
-    if (close)
-        strbuf_puts(&head, "Connection: close\r\n");
-    else if (version_minor == 0)
-        strbuf_puts(&head, "Connection: keep-alive\r\n");
+    if (close) strbuf_puts(&head, "Connection: close\r\n");
+    else if (version_minor == 0) strbuf_puts(&head, "Connection: keep-alive\r\n");
     strbuf_puts(&head, "\r\n");
     int rc = hbuf_append(dst, head.data, head.len);
     if (rc == 0 && !is_head && !no_body && resp->body.len)
@@ -232,8 +234,7 @@ static void conn_release_request(struct hsrv_conn *c)
 static void conn_fail(struct hsrv_conn *c, int status, const char *why)
 {
     struct hsrv *s = c->srv;
-    log_ratelimited(&s->rl_reject, LOG_WARN, s->opts.name, "%s: %d: %s", c->peer_text, status,
-                    why);
+    log_ratelimited(&s->rl_reject, LOG_WARN, s->opts.name, "%s: %d: %s", c->peer_text, status, why);
     struct hsrv_response resp = {.status = status};
     strbuf_printf(&resp.body, "%s\n", hsrv_reason(status));
     hsrv_response_header(&resp, "Content-Type", "text/plain");
@@ -314,9 +315,12 @@ static int conn_copy_head(struct hsrv_conn *c)
         h[i].value = arena_put(&p, r->headers[i].value);
         h[i].value_len = r->headers[i].value.len;
     }
+    /* mem is c's now (conn_release_request frees it); gcc 12's analyzer loses it. */
+    ANALYZER_LEAK_OK_BEGIN
     c->arena = mem;
     c->headers = h;
     c->nheaders = r->nheaders;
+    ANALYZER_LEAK_OK_END
     return 0;
 }
 
@@ -414,13 +418,11 @@ static bool conn_process(struct hsrv_conn *c)
                 blocked = true;
                 break;
             }
-            int rc = h1_parse_request(&c->parser, hbuf_data(&c->in), hbuf_size(&c->in),
-                                      &s->limits, &c->h1);
+            int rc = h1_parse_request(&c->parser, hbuf_data(&c->in), hbuf_size(&c->in), &s->limits,
+                                      &c->h1);
             if (rc == H1_AGAIN) break;
-            if (rc < 0)
-                conn_fail(c, h1_error_status(rc), h1_error_str(rc));
-            else
-                conn_on_head(c);
+            if (rc < 0) conn_fail(c, h1_error_status(rc), h1_error_str(rc));
+            else conn_on_head(c);
         } else if (c->state == HSRV_CONN_BODY) {
             if (conn_body_step(c) == H1_AGAIN) break;
         } else {
@@ -507,10 +509,8 @@ static void conn_free(struct hsrv_conn *c)
     ev_timer_stop(s->loop, &c->idle);
     ev_timer_stop(s->loop, &c->delay);
     close(c->fd);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->nconns--;
     free(c->arena);
@@ -690,7 +690,10 @@ void hsrv_stop(struct hsrv *s)
     ev_io_stop(s->loop, &s->accept_io);
     ev_timer_stop(s->loop, &s->accept_retry);
     close(s->fd);
-    while (s->conns) conn_free(s->conns);
+    for (struct hsrv_conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        conn_free(c);
+    }
     free(s);
 }
 

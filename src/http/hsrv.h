@@ -26,10 +26,10 @@ struct hsrv_header {
 /** A complete request, as handed to the handler. Every pointer is borrowed
  *  and valid during the handler call only. */
 struct hsrv_request {
-    const char *method;  /* NUL-terminated */
-    const char *target;  /* NUL-terminated, as received (path and query) */
-    const char *version; /* "HTTP/1.0" or "HTTP/1.1" */
-    int version_minor;   /* 0 or 1 */
+    const char *method;                /* NUL-terminated */
+    const char *target;                /* NUL-terminated, as received (path and query) */
+    const char *version;               /* "HTTP/1.0" or "HTTP/1.1" */
+    int version_minor;                 /* 0 or 1 */
     const struct hsrv_header *headers; /* in the order received */
     size_t nheaders;
     const char *body; /* decoded (de-chunked), NUL-terminated; "" when there is none */
@@ -42,10 +42,10 @@ struct hsrv_request {
 /** What the handler answers. hsrv adds Content-Length and Connection itself;
  *  the handler must not add those (nor Transfer-Encoding). */
 struct hsrv_response {
-    int status;             /* 200..599 (anything else is sent as 500); preset to 200 */
-    struct strbuf headers;  /* extra "Name: value\r\n" lines; use hsrv_response_header() */
-    struct strbuf body;     /* not sent for HEAD (its Content-Length is); dropped for 204, 304 */
-    bool close;             /* set to close the connection after this response */
+    int status;            /* 200..599 (anything else is sent as 500); preset to 200 */
+    struct strbuf headers; /* extra "Name: value\r\n" lines; use hsrv_response_header() */
+    struct strbuf body;    /* not sent for HEAD (its Content-Length is); dropped for 204, 304 */
+    bool close;            /* set to close the connection after this response */
 };
 
 /** The request handler. Runs on the loop's thread; must not block, must not
@@ -56,12 +56,12 @@ typedef void (*hsrv_handler_fn)(const struct hsrv_request *req, struct hsrv_resp
 
 /** Server options; a zero field takes its default. */
 struct hsrv_options {
-    const char *name;          /* for log lines; default "hsrv" (borrowed: must outlive the server) */
-    size_t max_head_bytes;     /* request head bound; default 32 KiB (431 past it) */
-    size_t max_body_bytes;     /* request body bound; default 1 MiB (413 past it) */
-    uint64_t idle_timeout_ms;  /* close a connection without progress this long; default 60 s */
-    unsigned max_connections;  /* accept no more than this at once; default 1024 */
-    uint64_t delay_ms;         /* hold every response this long before sending it; default 0 */
+    const char *name;         /* for log lines; default "hsrv"; borrowed, outlives the server */
+    size_t max_head_bytes;    /* request head bound; default 32 KiB (431 past it) */
+    size_t max_body_bytes;    /* request body bound; default 1 MiB (413 past it) */
+    uint64_t idle_timeout_ms; /* close a connection without progress this long; default 60 s */
+    unsigned max_connections; /* accept no more than this at once; default 1024 */
+    uint64_t delay_ms;        /* hold every response this long before sending it; default 0 */
 };
 
 struct hsrv;

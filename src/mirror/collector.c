@@ -23,8 +23,8 @@ void collector_format_time(const struct timespec *ts, char *out, size_t outlen)
 {
     struct tm tm;
     gmtime_r(&ts->tv_sec, &tm);
-    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts->tv_nsec / 1000000);
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts->tv_nsec / 1000000);
 }
 
 static void collector_handle(const struct hsrv_request *req, struct hsrv_response *resp, void *ctx)
@@ -41,8 +41,7 @@ static void collector_handle(const struct hsrv_request *req, struct hsrv_respons
     if (fwrite(col->line.data, 1, col->line.len, out) != col->line.len || fflush(out) != 0)
         log_ratelimited(&col->rl_write, LOG_ERROR, "collect", "cannot write a record: %s",
                         strerror(errno));
-    else
-        __atomic_add_fetch(&col->count, 1, __ATOMIC_RELAXED);
+    else __atomic_add_fetch(&col->count, 1, __ATOMIC_RELAXED);
     /* A 64 MiB body makes a line of ~90 MB; do not keep that around. */
     if (col->line.cap > 1024 * 1024) strbuf_free(&col->line);
     resp->status = col->opts.status;

@@ -13,11 +13,11 @@
 
 /** Collector options; a zero field takes its default. */
 struct collector_options {
-    FILE *out;               /* where the JSON lines go (borrowed; required) */
-    bool body;               /* add "body" (base64) to each line */
-    int status;              /* status of every answer, 200..599; default 200 */
-    uint64_t delay_ms;       /* hold every answer this long; default 0 */
-    size_t max_body_bytes;   /* bigger bodies get 413 and no line; default 64 MiB */
+    FILE *out;             /* where the JSON lines go (borrowed; required) */
+    bool body;             /* add "body" (base64) to each line */
+    int status;            /* status of every answer, 200..599; default 200 */
+    uint64_t delay_ms;     /* hold every answer this long; default 0 */
+    size_t max_body_bytes; /* bigger bodies get 413 and no line; default 64 MiB */
 };
 
 struct collector;

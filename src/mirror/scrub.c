@@ -133,10 +133,8 @@ void scrub_thread_cleanup(void)
 /* Keeps a scratch buffer for the next body unless it grew big. */
 static void scratch_return(struct strbuf *sb)
 {
-    if (sb->cap > KEEP_SCRATCH)
-        strbuf_free(sb);
-    else
-        strbuf_reset(sb);
+    if (sb->cap > KEEP_SCRATCH) strbuf_free(sb);
+    else strbuf_reset(sb);
 }
 
 /* ---- context: budget and scratch ------------------------------------------ */
@@ -289,10 +287,8 @@ static int emit_action(const struct cfg_scrub_action *a, const char *v, size_t n
     switch (a->kind) {
     case CFG_SCRUB_MASK: strbuf_append(out, DETECT_MASK, DETECT_MASK_LEN); return 0;
     case CFG_SCRUB_REPLACE:
-        if (encode)
-            pct_encode(a->value, strlen(a->value), SAFE_QUERY, out);
-        else
-            strbuf_puts(out, a->value);
+        if (encode) pct_encode(a->value, strlen(a->value), SAFE_QUERY, out);
+        else strbuf_puts(out, a->value);
         return 0;
     case CFG_SCRUB_HASH:
         if (scrub_hmac_hex(a->key, a->key_len, v, n, hash) < 0) return -1;
@@ -378,10 +374,8 @@ static long scrub_urlencoded(struct sctx *cx, const struct cfg_scrub_action *act
         int rc = urlenc_pair(cx, acts, nacts, s + pos, end - pos, out, &drop);
         if (rc < 0 || spent(cx, end - pos + 1)) return -1;
         changes += rc;
-        if (drop)
-            out->len = mark;
-        else
-            first = false;
+        if (drop) out->len = mark;
+        else first = false;
         if (!amp) break;
         pos = end + 1;
     }
@@ -445,10 +439,8 @@ static int scrub_cookie(struct sctx *cx, struct h1_str v, struct strbuf *out, bo
         bool drop;
         if (!first) strbuf_append(out, "; ", 2);
         if (cookie_pair(cx, v.p + pos, e - pos, out, &drop) < 0) return -1;
-        if (drop)
-            out->len = mark;
-        else
-            first = false;
+        if (drop) out->len = mark;
+        else first = false;
         pos = end;
     }
     if (out->data) out->data[out->len] = '\0';
@@ -499,8 +491,7 @@ static int scrub_fields(struct sctx *cx, const struct http_request *in, struct s
         if (cx->a->len == in->fields[i].value.len &&
             (!cx->a->len || !memcmp(cx->a->data, in->fields[i].value.p, cx->a->len)))
             h->fields[nf].value = in->fields[i].value;
-        else if (keep(h, cx->a, &h->fields[nf].value) < 0)
-            return -1;
+        else if (keep(h, cx->a, &h->fields[nf].value) < 0) return -1;
         nf++;
     }
     h->req.fields = h->fields;
@@ -532,10 +523,8 @@ static int scrub_target(struct sctx *cx, const struct http_request *in, struct s
     size_t plen = q ? (size_t)(q - t.p) : t.len;
     struct strbuf out = STRBUF_INIT;
     int rc = 0;
-    if (p->detectors)
-        scrub_path_part(cx, t.p, plen, &out);
-    else
-        strbuf_append(&out, t.p, plen);
+    if (p->detectors) scrub_path_part(cx, t.p, plen, &out);
+    else strbuf_append(&out, t.p, plen);
     if (q) {
         strbuf_append(&out, "?", 1);
         if (p->nquery || p->detectors) {
@@ -706,10 +695,8 @@ static void put_utf8(struct strbuf *out, unsigned cp)
 {
     char u[4];
     size_t n;
-    if (cp < 0x80)
-        u[0] = (char)cp, n = 1;
-    else if (cp < 0x800)
-        u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
+    if (cp < 0x80) u[0] = (char)cp, n = 1;
+    else if (cp < 0x800) u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
     else if (cp < 0x10000)
         u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3f)),
         u[2] = (char)(0x80 | (cp & 0x3f)), n = 3;
@@ -784,10 +771,8 @@ static int jw_number(struct jw *j, bool quiet)
 {
     const char *start = j->p;
     if (*j->p == '-') j->p++;
-    if (j->p < j->end && *j->p == '0')
-        j->p++;
-    else if (jw_digits(j) < 0)
-        return JW_BAD;
+    if (j->p < j->end && *j->p == '0') j->p++;
+    else if (jw_digits(j) < 0) return JW_BAD;
     if (j->p < j->end && *j->p == '.') {
         j->p++;
         if (jw_digits(j) < 0) return JW_BAD;
@@ -823,10 +808,8 @@ static const struct jsonpath_state *jw_child(struct jw *j, const struct jsonpath
                                              struct jsonpath_state *buf)
 {
     if (!st) return NULL;
-    if (key)
-        jsonpath_child_key(j->paths, st, key, klen, buf);
-    else
-        jsonpath_child_index(j->paths, st, index, buf);
+    if (key) jsonpath_child_key(j->paths, st, key, klen, buf);
+    else jsonpath_child_index(j->paths, st, index, buf);
     return jsonpath_selected(j->paths, buf) || !jsonpath_dead(j->paths, buf) ? buf : NULL;
 }
 
@@ -1167,10 +1150,8 @@ int scrub_body_budget(const struct cfg_scrub_policy *p, struct h1_str content_ty
     if (!body) body = "";
     enum coding c = parse_coding(content_encoding);
     if (c == CODING_UNKNOWN) goto out;
-    if (c != CODING_IDENTITY)
-        rc = body_coded(&cx, c, content_type, body, len, out);
-    else
-        rc = scrub_plain(&cx, content_type, body, len, out) < 0 ? -1 : 0;
+    if (c != CODING_IDENTITY) rc = body_coded(&cx, c, content_type, body, len, out);
+    else rc = scrub_plain(&cx, content_type, body, len, out) < 0 ? -1 : 0;
     if (rc == 0 && spent_now(&cx)) rc = -1;
 out:
     sctx_free(&cx);

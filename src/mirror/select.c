@@ -283,8 +283,7 @@ static bool sample_value(const struct cfg_sample_by *sb, const struct http_reque
                          struct h1_str *v)
 {
     bool found = false;
-    if (sb->source == CFG_SAMPLE_HEADER)
-        found = find_header(req, sb->name, v);
+    if (sb->source == CFG_SAMPLE_HEADER) found = find_header(req, sb->name, v);
     else if (sb->source == CFG_SAMPLE_COOKIE)
         found = select_cookie(req, sb->name, strlen(sb->name), v);
     return found && v->len > 0;

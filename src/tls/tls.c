@@ -57,7 +57,9 @@ static const char *ssl_reason(void)
     const char *r = e ? ERR_reason_error_string(e) : NULL;
     static _Thread_local char buf[128];
     if (r) snprintf(buf, sizeof buf, "%s", r);
-    else snprintf(buf, sizeof buf, "%s", e ? "unknown OpenSSL error" : strerror(errno ? errno : EIO));
+    else
+        snprintf(buf, sizeof buf, "%s",
+                 e ? "unknown OpenSSL error" : strerror(errno ? errno : EIO));
     ERR_clear_error();
     return buf;
 }
@@ -125,7 +127,8 @@ static EVP_PKEY *read_key(const char *path, char *why, size_t n)
     EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, &wanted_passphrase);
     BIO_free(b);
     if (k) return k;
-    if (wanted_passphrase) fail(why, n, "the key is encrypted (umbra needs an unencrypted PEM key)");
+    if (wanted_passphrase)
+        fail(why, n, "the key is encrypted (umbra needs an unencrypted PEM key)");
     else fail(why, n, "no PEM private key in the file: %s", ssl_reason());
     ERR_clear_error();
     return NULL;
@@ -171,7 +174,8 @@ static int common_setup(SSL_CTX *ctx, int min_version, bool ktls)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
-    return SSL_CTX_set_min_proto_version(ctx, min_version ? min_version : TLS1_2_VERSION) == 1 ? 0 : -1;
+    if (!min_version) min_version = TLS1_2_VERSION;
+    return SSL_CTX_set_min_proto_version(ctx, min_version) == 1 ? 0 : -1;
 }
 
 static int load_identity(SSL_CTX *ctx, const char *cert, const char *key, char *err, size_t n)
@@ -196,7 +200,8 @@ static int sni_cb(SSL *ssl, int *alert, void *arg)
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     if (!name || sc->ncerts < 2) return SSL_TLSEXT_ERR_OK;
     for (size_t i = 0; i < sc->ncerts; i++)
-        if (X509_check_host(sc->certs[i].leaf, name, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1) {
+        if (X509_check_host(sc->certs[i].leaf, name, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
+                            NULL) == 1) {
             if (SSL_get_SSL_CTX(ssl) != sc->certs[i].ctx) SSL_set_SSL_CTX(ssl, sc->certs[i].ctx);
             break;
         }
@@ -205,12 +210,13 @@ static int sni_cb(SSL *ssl, int *alert, void *arg)
 
 /* ALPN: our preference among what the client offers; no overlap is not
  * fatal (the client then speaks what it would without ALPN). */
-static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
-                   unsigned int inlen, void *arg)
+static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg)
 {
     struct tls_server_ctx *sc = arg;
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, sc->alpn, sc->alpn_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, outlen, sc->alpn, sc->alpn_len, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -269,7 +275,8 @@ static int session_context(const struct cfg_listener *l, unsigned char out[SSL_M
         EVP_DigestUpdate(md, l->name, strlen(l->name) + 1);
         char buf[4096];
         int got;
-        while (ca && (got = BIO_read(ca, buf, sizeof buf)) > 0) EVP_DigestUpdate(md, buf, (size_t)got);
+        while (ca && (got = BIO_read(ca, buf, sizeof buf)) > 0)
+            EVP_DigestUpdate(md, buf, (size_t)got);
         rc = EVP_DigestFinal_ex(md, out, NULL) == 1 ? 0 : -1;
     }
     if (rc < 0) fail(err, n, "session id context: %s", ssl_reason());
@@ -322,7 +329,8 @@ struct tls_server_ctx *tls_server_ctx_new(const struct cfg_listener *l, char *er
     atomic_init(&sc->refs, 1);
     sc->certs = calloc(t->ncertificates ? t->ncertificates : 1, sizeof *sc->certs);
     if (!sc->certs) abort();
-    if (t->client_subject_header && !(sc->subject_header = strdup(t->client_subject_header))) abort();
+    if (t->client_subject_header && !(sc->subject_header = strdup(t->client_subject_header)))
+        abort();
     build_alpn(sc, t);
     sc->st = tls_stats_get(TLS_SIDE_DOWNSTREAM, l->name);
     if (t->ncertificates == 0) {
@@ -393,7 +401,8 @@ static void endpoint_host(const char *text, const char *sni, struct tls_endpoint
     unsigned char buf[16];
     char *pct = strchr(ep->host, '%'); /* a v6 scope id is no part of the address */
     char plain[256];
-    snprintf(plain, sizeof plain, "%.*s", pct ? (int)(pct - ep->host) : (int)strlen(ep->host), ep->host);
+    snprintf(plain, sizeof plain, "%.*s", pct ? (int)(pct - ep->host) : (int)strlen(ep->host),
+             ep->host);
     ep->is_ip = inet_pton(AF_INET, plain, buf) == 1 || inet_pton(AF_INET6, plain, buf) == 1;
     if (ep->is_ip) snprintf(ep->host, sizeof ep->host, "%s", plain);
 }
@@ -434,7 +443,8 @@ struct tls_client_ctx *tls_client_ctx_new(const struct cfg_cluster *c, char *err
     cc->eps = calloc(c->nendpoints ? c->nendpoints : 1, sizeof *cc->eps);
     if (!cc->eps) abort();
     cc->neps = c->nendpoints;
-    for (size_t i = 0; i < c->nendpoints; i++) endpoint_host(c->endpoints[i].addr.text, t->sni, &cc->eps[i]);
+    for (size_t i = 0; i < c->nendpoints; i++)
+        endpoint_host(c->endpoints[i].addr.text, t->sni, &cc->eps[i]);
     cc->ctx = SSL_CTX_new(TLS_client_method());
     if (!cc->ctx) {
         fail(err, errlen, "SSL_CTX_new: %s", ssl_reason());
@@ -447,7 +457,8 @@ struct tls_client_ctx *tls_client_ctx_new(const struct cfg_cluster *c, char *err
     if (client_verify(cc->ctx, t, err, errlen) < 0) goto fail;
     if (t->cert && load_identity(cc->ctx, t->cert, t->key, err, errlen) < 0) goto fail;
     /* Sessions are kept per endpoint by us, not in OpenSSL's cache. */
-    SSL_CTX_set_session_cache_mode(cc->ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_set_session_cache_mode(cc->ctx,
+                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(cc->ctx, new_session_cb);
     if (SSL_CTX_set_alpn_protos(cc->ctx, (const unsigned char *)"\x08http/1.1", 9) != 0) {
         fail(err, errlen, "ALPN: %s", ssl_reason());

@@ -17,25 +17,25 @@ struct tls_cert {
 
 struct tls_server_ctx {
     atomic_int refs;
-    struct tls_cert *certs;  /* [0] is the default (no SNI, no match) */
+    struct tls_cert *certs; /* [0] is the default (no SNI, no match) */
     size_t ncerts;
-    unsigned char alpn[64];  /* ALPN wire format: length-prefixed names */
+    unsigned char alpn[64]; /* ALPN wire format: length-prefixed names */
     unsigned alpn_len;
-    char *subject_header;    /* lowercase header name; NULL = not passed upstream */
+    char *subject_header; /* lowercase header name; NULL = not passed upstream */
     struct tls_stats *st;
 };
 
 struct tls_endpoint {
-    char host[256];          /* verified name: sni, else the endpoint's host */
-    bool is_ip;              /* host is an IP literal: verified as an address, no SNI */
-    SSL_SESSION *session;    /* the last session the peer gave us (owned); under lock */
+    char host[256];       /* verified name: sni, else the endpoint's host */
+    bool is_ip;           /* host is an IP literal: verified as an address, no SNI */
+    SSL_SESSION *session; /* the last session the peer gave us (owned); under lock */
 };
 
 struct tls_client_ctx {
     atomic_int refs;
     SSL_CTX *ctx;
     bool verify;
-    pthread_mutex_t lock;    /* guards the sessions: workers share this context */
+    pthread_mutex_t lock; /* guards the sessions: workers share this context */
     struct tls_endpoint *eps;
     size_t neps;
     struct tls_stats *st;

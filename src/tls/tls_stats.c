@@ -50,12 +50,13 @@ static void prom_entry(struct strbuf *out, const char *metric, struct tls_stats 
 void tls_stats_render_prometheus(struct strbuf *out)
 {
     size_t n = atomic_load_explicit(&ntable, memory_order_acquire);
-    strbuf_puts(out, "# HELP umbra_tls_handshake_errors_total TLS handshakes that failed, by reason.\n"
-                     "# TYPE umbra_tls_handshake_errors_total counter\n");
+    strbuf_puts(out,
+                "# HELP umbra_tls_handshake_errors_total TLS handshakes that failed, by reason.\n"
+                "# TYPE umbra_tls_handshake_errors_total counter\n");
     for (size_t i = 0; i < n; i++)
         for (int r = 0; r < TLS_ERR_COUNT; r++)
-            prom_entry(out, "umbra_tls_handshake_errors_total", &table[i], "reason", reason_names[r],
-                       rd(&table[i].errors[r]));
+            prom_entry(out, "umbra_tls_handshake_errors_total", &table[i], "reason",
+                       reason_names[r], rd(&table[i].errors[r]));
     strbuf_puts(out, "# HELP umbra_tls_handshakes_total TLS handshakes completed, by record mode "
                      "(userspace or kernel TLS).\n# TYPE umbra_tls_handshakes_total counter\n");
     for (size_t i = 0; i < n; i++)
@@ -71,7 +72,8 @@ void tls_stats_render_prometheus(struct strbuf *out)
     strbuf_puts(out, "# HELP umbra_tls_sessions_resumed_total TLS handshakes that resumed a "
                      "session.\n# TYPE umbra_tls_sessions_resumed_total counter\n");
     for (size_t i = 0; i < n; i++)
-        prom_entry(out, "umbra_tls_sessions_resumed_total", &table[i], NULL, NULL, rd(&table[i].resumed));
+        prom_entry(out, "umbra_tls_sessions_resumed_total", &table[i], NULL, NULL,
+                   rd(&table[i].resumed));
 }
 
 static void json_entry(struct strbuf *out, struct tls_stats *st)
@@ -80,14 +82,16 @@ static void json_entry(struct strbuf *out, struct tls_stats *st)
     strbuf_json_escape(out, st->name, strlen(st->name));
     strbuf_printf(out, "\":{\"resumed\":%lu,\"handshakes\":{", (unsigned long)rd(&st->resumed));
     for (int m = 0; m < TLS_MODE_COUNT; m++)
-        strbuf_printf(out, "%s\"%s\":%lu", m ? "," : "", mode_names[m], (unsigned long)rd(&st->handshakes[m]));
+        strbuf_printf(out, "%s\"%s\":%lu", m ? "," : "", mode_names[m],
+                      (unsigned long)rd(&st->handshakes[m]));
     strbuf_puts(out, "},\"open\":{");
     for (int m = 0; m < TLS_MODE_COUNT; m++)
         strbuf_printf(out, "%s\"%s\":%ld", m ? "," : "", mode_names[m],
                       (long)atomic_load_explicit(&st->open[m], memory_order_relaxed));
     strbuf_puts(out, "},\"handshake_errors\":{");
     for (int r = 0; r < TLS_ERR_COUNT; r++)
-        strbuf_printf(out, "%s\"%s\":%lu", r ? "," : "", reason_names[r], (unsigned long)rd(&st->errors[r]));
+        strbuf_printf(out, "%s\"%s\":%lu", r ? "," : "", reason_names[r],
+                      (unsigned long)rd(&st->errors[r]));
     strbuf_puts(out, "}}");
 }
 

@@ -20,7 +20,8 @@
  * OpenSSL already decrypted but the caller has not read yet is signalled on
  * it as EV_READ, since the socket alone would not show it.
  */
-void transport_tls_server(struct transport *t, int fd, struct tls_server_ctx *sc, struct ev_loop *loop);
+void transport_tls_server(struct transport *t, int fd, struct tls_server_ctx *sc,
+                          struct ev_loop *loop);
 
 /** Makes t a client-side TLS transport to cluster endpoint `endpoint` over fd
  *  (owned by t), with cc (t takes a reference); resumes that endpoint's last

@@ -87,9 +87,7 @@ static int status_for(enum upstream_error e)
 
 static bool try_replay(struct stream *s)
 {
-    if (!s->up || !s->up->reused || s->resp_seen ||
-        !s->replayable || s->retried)
-        return false;
+    if (!s->up || !s->up->reused || s->resp_seen || !s->replayable || s->retried) return false;
     enum upstream_error err;
     struct upconn *fresh = pool_acquire(s->pool, &primary_ops, s, true, &err);
     if (!fresh) return false;
@@ -106,7 +104,10 @@ static bool try_replay(struct stream *s)
     return true;
 }
 
-/* The one failure exit: count, maybe replay, else answer or abort downstream. */
+/* The one failure exit: count, maybe replay, else answer or abort downstream.
+ * It recurses through up_flush at most once: try_replay refuses a second
+ * replay (s->retried). */
+// NOLINTNEXTLINE(misc-no-recursion)
 static void stream_fail(struct stream *s, enum upstream_error err)
 {
     if ((err == UPERR_RESET) && try_replay(s)) {
@@ -181,15 +182,9 @@ void fwd_flush(struct stream *s)
     if (s->copies) shadow_flush(s); /* after the primary: it goes first on the wire */
 }
 
-bool fwd_body_blocked(const struct stream *s)
-{
-    return s->up && s->up->out.bytes > s->high_water;
-}
+bool fwd_body_blocked(const struct stream *s) { return s->up && s->up->out.bytes > s->high_water; }
 
-static void up_connected(void *owner)
-{
-    up_flush(owner);
-}
+static void up_connected(void *owner) { up_flush(owner); }
 
 static void up_failed(void *owner, enum upstream_error err)
 {
@@ -200,6 +195,8 @@ static void up_failed(void *owner, enum upstream_error err)
 
 /* ---- upstream I/O ---- */
 
+/* Recurses into stream_fail at most once (see there). */
+// NOLINTNEXTLINE(misc-no-recursion)
 static void up_flush(struct stream *s)
 {
     struct upconn *u = s->up;
@@ -226,6 +223,21 @@ static void fwd_response_done(struct stream *s)
     pool_release(u, s->req_ended && u->out.bytes == 0 && !s->up_close);
 }
 
+/* True if a Connection field at or after `first` lists `name` as a token. */
+static bool named_in_connection(const struct h1_response *hr, size_t first, struct h1_str name)
+{
+    char lname[64];
+    if (name.len >= sizeof lname) return false;
+    for (size_t k = 0; k < name.len; k++)
+        lname[k] = (char)((name.p[k] >= 'A' && name.p[k] <= 'Z') ? name.p[k] + 32 : name.p[k]);
+    lname[name.len] = '\0';
+    for (size_t j = first; j < hr->nheaders; j++)
+        if (h1_name_is(hr->headers[j].name, "connection") &&
+            h1_value_has_token(hr->headers[j].value, lname))
+            return true;
+    return false;
+}
+
 /* Builds the protocol-neutral response head, dropping hop-by-hop fields. */
 static void to_http_response(struct stream *s, struct h1_response *hr, struct http_response *out)
 {
@@ -242,21 +254,8 @@ static void to_http_response(struct stream *s, struct h1_response *hr, struct ht
             h1_name_is(f->name, "te") || h1_name_is(f->name, "upgrade"))
             continue;
         if (hr->body != H1_BODY_NONE && h1_name_is(f->name, "content-length")) continue;
-        if (conn >= 0) { /* fields the upstream named in Connection are hop-by-hop too */
-            bool named = false;
-            for (size_t j = (size_t)conn; j < hr->nheaders && !named; j++)
-                if (h1_name_is(hr->headers[j].name, "connection")) {
-                    char lname[64];
-                    if (f->name.len < sizeof lname) {
-                        for (size_t k = 0; k < f->name.len; k++)
-                            lname[k] = (char)((f->name.p[k] >= 'A' && f->name.p[k] <= 'Z')
-                                                  ? f->name.p[k] + 32 : f->name.p[k]);
-                        lname[f->name.len] = '\0';
-                        named = h1_value_has_token(hr->headers[j].value, lname);
-                    }
-                }
-            if (named) continue;
-        }
+        /* fields the upstream named in Connection are hop-by-hop too */
+        if (conn >= 0 && named_in_connection(hr, (size_t)conn, f->name)) continue;
         hr->headers[n++] = *f;
     }
     out->status = hr->status;
@@ -306,8 +305,14 @@ static void start_response(struct stream *s)
     size_t head_len = hr->head_len;
     switch (hr->body) {
     case H1_BODY_NONE: s->rstate = FWD_RESP_DONE; break;
-    case H1_BODY_LENGTH: s->rstate = FWD_RESP_LENGTH; s->rremaining = hr->content_length; break;
-    case H1_BODY_CHUNKED: s->rstate = FWD_RESP_CHUNKED; h1_chunked_init(&s->rchunked); break;
+    case H1_BODY_LENGTH:
+        s->rstate = FWD_RESP_LENGTH;
+        s->rremaining = hr->content_length;
+        break;
+    case H1_BODY_CHUNKED:
+        s->rstate = FWD_RESP_CHUNKED;
+        h1_chunked_init(&s->rchunked);
+        break;
     case H1_BODY_UNTIL_CLOSE: s->rstate = FWD_RESP_CLOSE; break;
     }
     struct http_response resp;
@@ -330,7 +335,8 @@ static bool relay_body(struct stream *s)
             if (s->rstate == FWD_RESP_LENGTH && n > s->rremaining) n = (size_t)s->rremaining;
             h1s_response_data(s->ds, u->in.c, p, n);
             u->in.rpos += n;
-            if (s->rstate == FWD_RESP_LENGTH && (s->rremaining -= n) == 0) s->rstate = FWD_RESP_DONE;
+            if (s->rstate == FWD_RESP_LENGTH && (s->rremaining -= n) == 0)
+                s->rstate = FWD_RESP_DONE;
             continue;
         }
         size_t consumed = 0;

@@ -36,8 +36,8 @@ enum fwd_resp_state {
 
 struct stream {
     struct worker *w;
-    struct wsnap *ws;              /* the snapshot this request runs on (counted) */
-    struct h1s *ds;                /* downstream codec; NULL once detached */
+    struct wsnap *ws; /* the snapshot this request runs on (counted) */
+    struct h1s *ds;   /* downstream codec; NULL once detached */
     const struct cfg_route *route;
     const struct cfg_cluster *cluster;
     struct pool *pool;
@@ -46,28 +46,28 @@ struct stream {
     struct http_request req;
     http_field fields[H1_MAX_HEADERS];
     char request_id[37];
-    char *xff_joined;              /* owned: several X-Forwarded-For fields joined */
-    struct chunk *head_chunk;      /* holds the bytes req points into (one reference) */
+    char *xff_joined;         /* owned: several X-Forwarded-For fields joined */
+    struct chunk *head_chunk; /* holds the bytes req points into (one reference) */
 
-    size_t high_water;             /* the listener's connection_buffer */
+    size_t high_water; /* the listener's connection_buffer */
     struct upconn *up;
-    struct mcopy *copies;          /* mirror copies still fed by this stream */
-    struct bufq replay;            /* bytes sent on a reused connection, until the response starts */
+    struct mcopy *copies; /* mirror copies still fed by this stream */
+    struct bufq replay;   /* bytes sent on a reused connection, until the response starts */
     bool replayable, retried;
-    bool up_chunked;               /* we frame the request body as chunked upstream */
-    bool req_ended;                /* every request byte is queued upstream */
-    bool resp_paused;              /* not reading the upstream: downstream queue is full */
+    bool up_chunked;  /* we frame the request body as chunked upstream */
+    bool req_ended;   /* every request byte is queued upstream */
+    bool resp_paused; /* not reading the upstream: downstream queue is full */
     bool is_head;
-    bool resp_seen;                /* a response byte arrived (no replay after that) */
-    bool up_close;                 /* the upstream connection must not be reused */
+    bool resp_seen; /* a response byte arrived (no replay after that) */
+    bool up_close;  /* the upstream connection must not be reused */
 
     enum fwd_resp_state rstate;
     struct h1_parser rparser;
     struct h1_chunked rchunked;
     uint64_t rremaining;
-    unsigned interim;              /* 1xx responses skipped */
+    unsigned interim; /* 1xx responses skipped */
 
-    ev_timer deadline;             /* cluster timeout: whole response */
+    ev_timer deadline; /* cluster timeout: whole response */
     ev_tstamp t_start;
 };
 
@@ -76,7 +76,7 @@ struct stream {
 struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water);
 /** Frees the stream (deferred-safe: call via worker_defer_free or at a safe
  *  point); closes an upstream connection still attached. */
-void stream_free(void *s);
+void stream_free(void *obj);
 /** The downstream is gone or gave up: drop the upstream side now. */
 void stream_abort(struct stream *s);
 

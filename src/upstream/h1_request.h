@@ -18,7 +18,8 @@ void h1_write_field(struct bufq *q, const char *name, size_t nlen, const char *v
  * shadow edits apply: host_suffix on the host part, remove_headers dropped,
  * set_headers replacing same-named fields, and "x-umbra-shadow: 1".
  */
-void h1_write_request_head(struct bufq *q, const struct http_request *r, const struct cfg_mirror *m);
+void h1_write_request_head(struct bufq *q, const struct http_request *r,
+                           const struct cfg_mirror *m);
 
 /** Appends the end of a chunked body: last chunk, trailers, CRLF. */
 void h1_write_chunked_end(struct bufq *q, const http_field *trailers, size_t n);
