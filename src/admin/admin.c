@@ -32,10 +32,8 @@ static void admin_text(struct hsrv_response *resp, int status, const char *text,
 
 static void admin_healthz(const char *query, struct hsrv_response *resp)
 {
-    if (control_healthy())
-        admin_text(resp, 200, "ok\n", 3);
-    else
-        admin_text(resp, 503, "draining\n", 9);
+    if (control_healthy()) admin_text(resp, 200, "ok\n", 3);
+    else admin_text(resp, 503, "draining\n", 9);
 }
 
 static void admin_metrics(const char *query, struct hsrv_response *resp)
@@ -157,6 +155,8 @@ static void admin_reload(const char *query, struct hsrv_response *resp)
     strbuf_free(&err);
 }
 
+/* one route per row */
+// clang-format off
 static const struct admin_route admin_routes[] = {
     {"/healthz", "GET", admin_healthz},
     {"/metrics", "GET", admin_metrics},
@@ -165,6 +165,7 @@ static const struct admin_route admin_routes[] = {
     {"/runtime", "POST", admin_runtime_post},
     {"/reload", "POST", admin_reload},
 };
+// clang-format on
 #define ADMIN_NROUTES (sizeof admin_routes / sizeof admin_routes[0])
 
 static bool admin_method_matches(const char *route_method, const char *method)
@@ -203,10 +204,8 @@ static void admin_handle(const struct hsrv_request *req, struct hsrv_response *r
             return;
         }
     }
-    if (path_known)
-        admin_not_allowed(target, len, resp);
-    else
-        admin_text(resp, 404, "not found\n", 10);
+    if (path_known) admin_not_allowed(target, len, resp);
+    else admin_text(resp, 404, "not found\n", 10);
 }
 
 int admin_start(struct ev_loop *loop, int listen_fd)

@@ -12,33 +12,44 @@ static struct worker_stats *workers[STATS_MAX_WORKERS];
 static int nworkers;
 
 /* Upper bounds in microseconds; the last bucket is +Inf. */
+/* bucket bounds in rows of eight, as Prometheus lists them */
+// clang-format off
 static const uint64_t hist_bounds_us[STATS_HIST_BUCKETS - 1] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
     250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000,
 };
+// clang-format on
 
+/* names in enum order, a few per row */
+// clang-format off
 static const char *const uperr_names[UPERR_COUNT] = {
     "connect_refused", "connect_timeout", "reset", "protocol",
     "timeout", "overflow", "no_endpoint", "retry", "tls",
 };
+// clang-format on
 
 const char *upstream_error_name(enum upstream_error e) { return uperr_names[e]; }
 
+/* names in enum order, a few per row */
+// clang-format off
 static const char *const outcome_names[MO_COUNT] = {
     "completed",      "dropped_overflow", "dropped_body_too_large", "dropped_circuit_open",
     "dropped_scrub_failed", "failed_connect", "failed_timeout", "failed_reset",
     "failed_protocol", "failed_tls",
 };
+// clang-format on
 
 const char *mirror_outcome_name(enum mirror_outcome o) { return outcome_names[o]; }
 
 _Atomic int64_t stats_mirror_memory_bytes;
 
-struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route, const char *cluster)
+struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route,
+                                      const char *cluster)
 {
     uint64_t n = ws->nmirrors;
     for (uint64_t i = 0; i < n; i++)
-        if (strcmp(ws->mirrors[i].route, route) == 0 && strcmp(ws->mirrors[i].cluster, cluster) == 0)
+        if (strcmp(ws->mirrors[i].route, route) == 0 &&
+            strcmp(ws->mirrors[i].cluster, cluster) == 0)
             return &ws->mirrors[i];
     if (n == STATS_MAX_MIRRORS) return NULL;
     struct stats_mirror *m = &ws->mirrors[n];
@@ -183,9 +194,11 @@ static void sum_worker(struct totals *t, const struct worker_stats *w)
     a->downstream_rejected += STAT_READ(w->downstream_rejected);
     a->downstream_bytes_in += STAT_READ(w->downstream_bytes_in);
     a->downstream_bytes_out += STAT_READ(w->downstream_bytes_out);
-    for (int k = 0; k < DTO_COUNT; k++) a->downstream_timeouts[k] += STAT_READ(w->downstream_timeouts[k]);
+    for (int k = 0; k < DTO_COUNT; k++)
+        a->downstream_timeouts[k] += STAT_READ(w->downstream_timeouts[k]);
     a->downstream_cx_fd_reserve += STAT_READ(w->downstream_cx_fd_reserve);
-    for (int c = 0; c < 600; c++) a->downstream_responses[c] += STAT_READ(w->downstream_responses[c]);
+    for (int c = 0; c < 600; c++)
+        a->downstream_responses[c] += STAT_READ(w->downstream_responses[c]);
     hist_add(&a->downstream_duration, &w->downstream_duration);
     uint64_t n = __atomic_load_n(&w->nclusters, __ATOMIC_ACQUIRE);
     for (uint64_t i = 0; i < n; i++) {
@@ -231,45 +244,49 @@ static void prom_hist(struct strbuf *out, const char *name, const char *labels,
 
 static void prom_downstream(struct strbuf *out, const struct worker_stats *a)
 {
-    strbuf_printf(out,
-                  "# HELP umbra_downstream_requests_total Requests received from clients.\n"
-                  "# TYPE umbra_downstream_requests_total counter\n"
-                  "umbra_downstream_requests_total %lu\n"
-                  "# HELP umbra_downstream_rejected_total Requests umbra answered itself with an error "
-                  "(malformed, too large, timed out).\n"
-                  "# TYPE umbra_downstream_rejected_total counter\n"
-                  "umbra_downstream_rejected_total %lu\n"
-                  "# HELP umbra_downstream_connections_total Client connections accepted.\n"
-                  "# TYPE umbra_downstream_connections_total counter\n"
-                  "umbra_downstream_connections_total %lu\n"
-                  "# HELP umbra_downstream_connections_rejected_total Client connections refused "
-                  "over max_connections.\n"
-                  "# TYPE umbra_downstream_connections_rejected_total counter\n"
-                  "umbra_downstream_connections_rejected_total %lu\n"
-                  "# HELP umbra_downstream_connections_open Client connections open now.\n"
-                  "# TYPE umbra_downstream_connections_open gauge\n"
-                  "umbra_downstream_connections_open %ld\n"
-                  "# TYPE umbra_downstream_bytes_received_total counter\n"
-                  "umbra_downstream_bytes_received_total %lu\n"
-                  "# TYPE umbra_downstream_bytes_sent_total counter\n"
-                  "umbra_downstream_bytes_sent_total %lu\n",
-                  (unsigned long)a->downstream_requests, (unsigned long)a->downstream_rejected,
-                  (unsigned long)a->downstream_cx_total, (unsigned long)a->downstream_cx_rejected,
-                  (long)a->downstream_cx_active, (unsigned long)a->downstream_bytes_in,
-                  (unsigned long)a->downstream_bytes_out);
+    strbuf_printf(
+        out,
+        "# HELP umbra_downstream_requests_total Requests received from clients.\n"
+        "# TYPE umbra_downstream_requests_total counter\n"
+        "umbra_downstream_requests_total %lu\n"
+        "# HELP umbra_downstream_rejected_total Requests umbra answered itself with an error "
+        "(malformed, too large, timed out).\n"
+        "# TYPE umbra_downstream_rejected_total counter\n"
+        "umbra_downstream_rejected_total %lu\n"
+        "# HELP umbra_downstream_connections_total Client connections accepted.\n"
+        "# TYPE umbra_downstream_connections_total counter\n"
+        "umbra_downstream_connections_total %lu\n"
+        "# HELP umbra_downstream_connections_rejected_total Client connections refused "
+        "over max_connections.\n"
+        "# TYPE umbra_downstream_connections_rejected_total counter\n"
+        "umbra_downstream_connections_rejected_total %lu\n"
+        "# HELP umbra_downstream_connections_open Client connections open now.\n"
+        "# TYPE umbra_downstream_connections_open gauge\n"
+        "umbra_downstream_connections_open %ld\n"
+        "# TYPE umbra_downstream_bytes_received_total counter\n"
+        "umbra_downstream_bytes_received_total %lu\n"
+        "# TYPE umbra_downstream_bytes_sent_total counter\n"
+        "umbra_downstream_bytes_sent_total %lu\n",
+        (unsigned long)a->downstream_requests, (unsigned long)a->downstream_rejected,
+        (unsigned long)a->downstream_cx_total, (unsigned long)a->downstream_cx_rejected,
+        (long)a->downstream_cx_active, (unsigned long)a->downstream_bytes_in,
+        (unsigned long)a->downstream_bytes_out);
     static const char *const kinds[DTO_COUNT] = {"header", "body", "min_rate", "idle", "send"};
-    strbuf_puts(out, "# HELP umbra_downstream_timeouts_total Client connections timed out, by kind.\n"
-                     "# TYPE umbra_downstream_timeouts_total counter\n");
+    strbuf_puts(out,
+                "# HELP umbra_downstream_timeouts_total Client connections timed out, by kind.\n"
+                "# TYPE umbra_downstream_timeouts_total counter\n");
     for (int k = 0; k < DTO_COUNT; k++)
         strbuf_printf(out, "umbra_downstream_timeouts_total{kind=\"%s\"} %lu\n", kinds[k],
                       (unsigned long)a->downstream_timeouts[k]);
-    strbuf_printf(out, "# HELP umbra_downstream_connections_fd_reserve_total Client connections "
-                       "refused to keep file descriptors for upstream connects.\n"
-                       "# TYPE umbra_downstream_connections_fd_reserve_total counter\n"
-                       "umbra_downstream_connections_fd_reserve_total %lu\n",
+    strbuf_printf(out,
+                  "# HELP umbra_downstream_connections_fd_reserve_total Client connections "
+                  "refused to keep file descriptors for upstream connects.\n"
+                  "# TYPE umbra_downstream_connections_fd_reserve_total counter\n"
+                  "umbra_downstream_connections_fd_reserve_total %lu\n",
                   (unsigned long)a->downstream_cx_fd_reserve);
-    strbuf_puts(out, "# HELP umbra_downstream_responses_total Responses sent to clients, by status.\n"
-                     "# TYPE umbra_downstream_responses_total counter\n");
+    strbuf_puts(out,
+                "# HELP umbra_downstream_responses_total Responses sent to clients, by status.\n"
+                "# TYPE umbra_downstream_responses_total counter\n");
     for (int c = 100; c < 600; c++)
         if (a->downstream_responses[c])
             strbuf_printf(out, "umbra_downstream_responses_total{code=\"%d\"} %lu\n", c,
@@ -321,18 +338,20 @@ static void prom_mirrors(struct strbuf *out, const struct totals *t)
                      "# TYPE umbra_mirror_requests_total counter\n");
     for (int i = 0; i < t->nmirrors; i++)
         for (int o = 0; o < MO_COUNT; o++)
-            strbuf_printf(out,
-                          "umbra_mirror_requests_total{route=\"%s\",cluster=\"%s\",outcome=\"%s\"} %lu\n",
-                          t->mirrors[i].route, t->mirrors[i].cluster, outcome_names[o],
-                          (unsigned long)t->mirrors[i].outcomes[o]);
+            strbuf_printf(
+                out,
+                "umbra_mirror_requests_total{route=\"%s\",cluster=\"%s\",outcome=\"%s\"} %lu\n",
+                t->mirrors[i].route, t->mirrors[i].cluster, outcome_names[o],
+                (unsigned long)t->mirrors[i].outcomes[o]);
     strbuf_puts(out, "# HELP umbra_mirror_sampled_out_total Requests not chosen by sampling.\n"
                      "# TYPE umbra_mirror_sampled_out_total counter\n");
     for (int i = 0; i < t->nmirrors; i++)
         strbuf_printf(out, "umbra_mirror_sampled_out_total{route=\"%s\",cluster=\"%s\"} %lu\n",
                       t->mirrors[i].route, t->mirrors[i].cluster,
                       (unsigned long)t->mirrors[i].sampled_out);
-    strbuf_puts(out, "# HELP umbra_mirror_excluded_total Requests a mirror's match rules left out.\n"
-                     "# TYPE umbra_mirror_excluded_total counter\n");
+    strbuf_puts(out,
+                "# HELP umbra_mirror_excluded_total Requests a mirror's match rules left out.\n"
+                "# TYPE umbra_mirror_excluded_total counter\n");
     for (int i = 0; i < t->nmirrors; i++)
         strbuf_printf(out, "umbra_mirror_excluded_total{route=\"%s\",cluster=\"%s\"} %lu\n",
                       t->mirrors[i].route, t->mirrors[i].cluster,
@@ -345,17 +364,17 @@ static void prom_mirrors(struct strbuf *out, const struct totals *t)
 }
 
 /* One gauge or counter family with a sample per worker. */
-static void prom_per_worker(struct strbuf *out, const char *name, const char *type, const char *help,
-                            uint64_t (*value)(const struct worker_stats *, uint64_t), uint64_t now_us,
-                            bool seconds)
+static void prom_per_worker(struct strbuf *out, const char *name, const char *type,
+                            const char *help,
+                            uint64_t (*value)(const struct worker_stats *, uint64_t),
+                            uint64_t now_us, bool seconds)
 {
     strbuf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
     for (int i = 0; i < nworkers; i++) {
         uint64_t v = value(workers[i], now_us);
         if (seconds)
             strbuf_printf(out, "%s{worker=\"%d\"} %.6f\n", name, workers[i]->id, (double)v / 1e6);
-        else
-            strbuf_printf(out, "%s{worker=\"%d\"} %lu\n", name, workers[i]->id, (unsigned long)v);
+        else strbuf_printf(out, "%s{worker=\"%d\"} %lu\n", name, workers[i]->id, (unsigned long)v);
     }
 }
 
@@ -367,31 +386,44 @@ static uint64_t w_busy_max(const struct worker_stats *w, uint64_t now)
 {
     return STAT_READ(w->loop_busy_max_us);
 }
-static uint64_t w_clients(const struct worker_stats *w, uint64_t now) { return STAT_READ(w->loop_clients); }
-static uint64_t w_streams(const struct worker_stats *w, uint64_t now) { return STAT_READ(w->loop_streams); }
-static uint64_t w_copies(const struct worker_stats *w, uint64_t now) { return STAT_READ(w->loop_copies); }
+static uint64_t w_clients(const struct worker_stats *w, uint64_t now)
+{
+    return STAT_READ(w->loop_clients);
+}
+static uint64_t w_streams(const struct worker_stats *w, uint64_t now)
+{
+    return STAT_READ(w->loop_streams);
+}
+static uint64_t w_copies(const struct worker_stats *w, uint64_t now)
+{
+    return STAT_READ(w->loop_copies);
+}
 
 static void prom_workers(struct strbuf *out)
 {
     uint64_t now = stats_now_us();
     prom_per_worker(out, "umbra_worker_loop_stalled_seconds", "gauge",
                     "How long the worker has been running callbacks without returning to poll "
-                    "(0 while it waits for events).", loop_stalled_us, now, true);
+                    "(0 while it waits for events).",
+                    loop_stalled_us, now, true);
     prom_per_worker(out, "umbra_worker_loop_busy_max_seconds", "gauge",
-                    "Longest event-loop iteration (poll return to next poll) since start.", w_busy_max,
-                    now, true);
+                    "Longest event-loop iteration (poll return to next poll) since start.",
+                    w_busy_max, now, true);
     prom_per_worker(out, "umbra_worker_loop_iterations_total", "counter", "Event-loop iterations.",
                     w_iterations, now, false);
     prom_per_worker(out, "umbra_worker_downstream_connections_open", "gauge",
-                    "Client connections on the worker at the end of its last loop iteration.", w_clients,
-                    now, false);
-    prom_per_worker(out, "umbra_worker_primary_streams_in_flight", "gauge",
-                    "Primary streams (requests being forwarded) at the end of the last loop iteration.",
-                    w_streams, now, false);
+                    "Client connections on the worker at the end of its last loop iteration.",
+                    w_clients, now, false);
+    prom_per_worker(
+        out, "umbra_worker_primary_streams_in_flight", "gauge",
+        "Primary streams (requests being forwarded) at the end of the last loop iteration.",
+        w_streams, now, false);
     prom_per_worker(out, "umbra_worker_mirror_copies_in_flight", "gauge",
-                    "Mirror copies in flight at the end of the last loop iteration.", w_copies, now, false);
-    strbuf_puts(out, "# HELP umbra_worker_loop_busy_seconds Event-loop iterations by duration (poll "
-                     "return to next poll).\n# TYPE umbra_worker_loop_busy_seconds histogram\n");
+                    "Mirror copies in flight at the end of the last loop iteration.", w_copies, now,
+                    false);
+    strbuf_puts(out,
+                "# HELP umbra_worker_loop_busy_seconds Event-loop iterations by duration (poll "
+                "return to next poll).\n# TYPE umbra_worker_loop_busy_seconds histogram\n");
     for (int i = 0; i < nworkers; i++) {
         char labels[32];
         snprintf(labels, sizeof labels, "worker=\"%d\"", workers[i]->id);
@@ -466,8 +498,9 @@ void stats_render_json(struct strbuf *out)
         const struct stats_cluster *c = &t->clusters[i];
         strbuf_printf(out, "%s\"", i ? "," : "");
         strbuf_json_escape(out, c->name, strlen(c->name));
-        strbuf_printf(out, "\":{\"requests\":%lu,\"connections_open\":%ld,\"connections_total\":%lu,"
-                           "\"connections_reused\":%lu,\"errors\":{",
+        strbuf_printf(out,
+                      "\":{\"requests\":%lu,\"connections_open\":%ld,\"connections_total\":%lu,"
+                      "\"connections_reused\":%lu,\"errors\":{",
                       (unsigned long)c->requests, (long)c->cx_active, (unsigned long)c->cx_total,
                       (unsigned long)c->cx_reused);
         for (int e = 0; e < UPERR_COUNT; e++)
@@ -481,7 +514,8 @@ void stats_render_json(struct strbuf *out)
                   (long)atomic_load(&stats_mirror_memory_bytes));
     for (int i = 0; i < t->nmirrors; i++) {
         const struct stats_mirror *m = &t->mirrors[i];
-        strbuf_printf(out, "%s{\"route\":\"%s\",\"cluster\":\"%s\",\"sampled_out\":%lu,\"excluded\":%lu",
+        strbuf_printf(out,
+                      "%s{\"route\":\"%s\",\"cluster\":\"%s\",\"sampled_out\":%lu,\"excluded\":%lu",
                       i ? "," : "", m->route, m->cluster, (unsigned long)m->sampled_out,
                       (unsigned long)m->excluded);
         for (int o = 0; o < MO_COUNT; o++)

@@ -55,8 +55,8 @@ enum mirror_outcome {
     MO_DROPPED_SCRUB_FAILED,   /* a scrub policy could not be applied in full */
     MO_FAILED_CONNECT,
     MO_FAILED_TIMEOUT,
-    MO_FAILED_RESET,           /* the shadow closed or reset, or the client cancelled */
-    MO_FAILED_PROTOCOL,        /* the shadow's response was malformed */
+    MO_FAILED_RESET,    /* the shadow closed or reset, or the client cancelled */
+    MO_FAILED_PROTOCOL, /* the shadow's response was malformed */
     MO_FAILED_TLS,
     MO_COUNT
 };
@@ -74,17 +74,17 @@ struct stats_mirror {
     char cluster[STATS_NAME_MAX];
     uint64_t outcomes[MO_COUNT];
     uint64_t sampled_out;
-    uint64_t excluded;          /* a match rule said no */
+    uint64_t excluded; /* a match rule said no */
 };
 
 struct stats_cluster {
     char name[STATS_NAME_MAX];
-    uint64_t requests;          /* requests sent (attempts that got a connection) */
+    uint64_t requests; /* requests sent (attempts that got a connection) */
     uint64_t errors[UPERR_COUNT];
-    uint64_t cx_active;         /* open connections (gauge, may go down) */
+    uint64_t cx_active; /* open connections (gauge, may go down) */
     uint64_t cx_total;
-    uint64_t cx_reused;         /* requests that reused a kept-alive connection */
-    struct stats_hist latency;  /* request start to response end */
+    uint64_t cx_reused;        /* requests that reused a kept-alive connection */
+    struct stats_hist latency; /* request start to response end */
 };
 
 /** Why umbra timed a client out; label `kind` in metrics. */
@@ -103,26 +103,26 @@ struct worker_stats {
     uint64_t downstream_cx_active;   /* gauge */
     uint64_t downstream_cx_rejected; /* over max_connections */
     uint64_t downstream_requests;
-    uint64_t downstream_rejected;    /* answered 4xx/5xx by umbra's parser */
+    uint64_t downstream_rejected; /* answered 4xx/5xx by umbra's parser */
     uint64_t downstream_responses[600];
     uint64_t downstream_bytes_in, downstream_bytes_out;
     uint64_t downstream_timeouts[DTO_COUNT];
     uint64_t downstream_cx_fd_reserve; /* refused to keep descriptors for upstreams */
     struct stats_hist downstream_duration;
-    uint64_t nclusters;             /* published with release */
+    uint64_t nclusters; /* published with release */
     struct stats_cluster clusters[STATS_MAX_CLUSTERS];
-    uint64_t nmirrors;              /* published with release */
+    uint64_t nmirrors; /* published with release */
     struct stats_mirror mirrors[STATS_MAX_MIRRORS];
     /* The worker's event loop, written by its thread around each poll (see
      * stats_loop_woke/stats_loop_idle): a loop that stops iterating shows as
      * a growing loop_busy_since age, long before its clients time out. */
     uint64_t loop_iterations;
-    uint64_t loop_busy_since_us;    /* stats_now_us() when callbacks began; 0 while in poll */
-    uint64_t loop_busy_max_us;      /* longest iteration since start */
-    struct stats_hist loop_busy;    /* time from poll return to the next poll */
-    uint64_t loop_clients;          /* in flight at the end of the last iteration: */
-    uint64_t loop_streams;          /*   client connections, primary streams, */
-    uint64_t loop_copies;           /*   mirror copies */
+    uint64_t loop_busy_since_us; /* stats_now_us() when callbacks began; 0 while in poll */
+    uint64_t loop_busy_max_us;   /* longest iteration since start */
+    struct stats_hist loop_busy; /* time from poll return to the next poll */
+    uint64_t loop_clients;       /* in flight at the end of the last iteration: */
+    uint64_t loop_streams;       /*   client connections, primary streams, */
+    uint64_t loop_copies;        /*   mirror copies */
 };
 
 /** Bytes held by mirror copies in the whole process (DESIGN.md §1.2). */
@@ -138,7 +138,8 @@ void stats_free_all(void);
 struct stats_cluster *stats_cluster_get(struct worker_stats *ws, const char *name);
 /** The entry for mirror (route, cluster) in ws, added if new (owning worker
  *  only). NULL if the table is full. */
-struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route, const char *cluster);
+struct stats_mirror *stats_mirror_get(struct worker_stats *ws, const char *route,
+                                      const char *cluster);
 /** Records one observation in microseconds. */
 void stats_hist_observe(struct stats_hist *h, uint64_t us);
 

@@ -19,18 +19,19 @@ struct tls_client_ctx;
 /** What the workers run with: an immutable config plus the listening sockets
  *  opened for it (one per listener per worker, SO_REUSEPORT). */
 struct snapshot {
-    atomic_int refs;       /* the publisher's, plus one per worker wsnap */
+    atomic_int refs; /* the publisher's, plus one per worker wsnap */
     uint64_t gen;
-    struct config *cfg;    /* owned */
+    struct config *cfg; /* owned */
     int nworkers;
-    int *listen_fds;       /* [listener * nworkers + worker]; owned by server.c's socket table */
-    size_t *route_mirror_base;           /* [route]: index of its first mirror in the arrays below */
-    struct runtime_entry **mirror_rt;    /* [base + j]: the fraction of route's mirror j */
-    struct runtime_entry *rt_private;    /* [base + j]: used when the runtime table is full */
-    int access_log_fd;                   /* -1 when off */
-    struct tls_server_ctx **listener_tls; /* [listener]: NULL = plain TCP; one reference each (src/tls) */
-    struct tls_client_ctx **cluster_tls;  /* [cluster]: NULL = plain TCP; one reference each */
-    struct snapshot *next; /* server.c's retired list */
+    int *listen_fds; /* [listener * nworkers + worker]; owned by server.c's socket table */
+    size_t *route_mirror_base;        /* [route]: index of its first mirror in the arrays below */
+    struct runtime_entry **mirror_rt; /* [base + j]: the fraction of route's mirror j */
+    struct runtime_entry *rt_private; /* [base + j]: used when the runtime table is full */
+    int access_log_fd;                /* -1 when off */
+    /* [listener]: NULL = plain TCP; one reference each (src/tls) */
+    struct tls_server_ctx **listener_tls;
+    struct tls_client_ctx **cluster_tls; /* [cluster]: NULL = plain TCP; one reference each */
+    struct snapshot *next;               /* server.c's retired list */
 };
 
 struct pool;
@@ -44,7 +45,7 @@ struct schan;
 struct wsnap {
     struct snapshot *snap;
     struct worker *w;
-    struct pool **pools;   /* [cluster index] */
+    struct pool **pools;           /* [cluster index] */
     struct stats_cluster **cstats; /* [cluster index] */
     struct stats_mirror **mstats;  /* [snap->route_mirror_base[route] + mirror] */
     int streams;
@@ -63,23 +64,23 @@ struct worker {
     int id;
     pthread_t thread;
     struct ev_loop *loop;
-    ev_async wake;           /* new snapshot or drain */
-    ev_prepare reaper;       /* flushes mirror copies, frees deferred objects before the loop blocks */
+    ev_async wake;     /* new snapshot or drain */
+    ev_prepare reaper; /* flushes mirror copies, frees deferred objects before the loop blocks */
     struct worker_stats *stats;
     struct wsnap *cur;
     struct wsnap *retired;
-    ev_io *listen_io;        /* one per listener of cur */
+    ev_io *listen_io; /* one per listener of cur */
     size_t nlisten;
-    struct h1s *conns;       /* all downstream connections (for drain) */
+    struct h1s *conns; /* all downstream connections (for drain) */
     unsigned nconns;
-    unsigned ncopies;        /* mirror copies in flight (a drain waits for them) */
-    struct mcopy *copies;    /* all of them (shadow.c's list) */
+    unsigned ncopies;           /* mirror copies in flight (a drain waits for them) */
+    struct mcopy *copies;       /* all of them (shadow.c's list) */
     struct schan *shadow_dirty; /* shadow connections with bytes queued this iteration */
     bool draining;
     struct deferred *garbage;
-    uint64_t seq;            /* request id counter */
-    uint64_t rng[2];         /* xorshift state */
-    ev_check loop_woke;      /* loop-lag figures for stats (stats_loop_woke/idle) */
+    uint64_t seq;       /* request id counter */
+    uint64_t rng[2];    /* xorshift state */
+    ev_check loop_woke; /* loop-lag figures for stats (stats_loop_woke/idle) */
     ev_prepare loop_idle;
 };
 

@@ -14,11 +14,11 @@
 #include "core/stats.h"
 #include "core/worker.h"
 #include "http/h1.h"
+#include "mirror/scrub.h"
+#include "mirror/select.h"
 #include "upstream/forward.h"
 #include "upstream/h1_request.h"
 #include "upstream/pool.h"
-#include "mirror/scrub.h"
-#include "mirror/select.h"
 
 #define MAX_INTERIM 16
 
@@ -33,24 +33,24 @@ struct mcopy {
     struct pool *pool;
     struct stats_cluster *cst;
     struct stats_mirror *mst;
-    struct stream *primary;    /* while the primary still feeds it */
-    struct mcopy *next;        /* in primary->copies */
+    struct stream *primary;      /* while the primary still feeds it */
+    struct mcopy *next;          /* in primary->copies */
     struct mcopy *wprev, *wnext; /* in w->copies */
-    struct schan *ch;          /* the connection it rides, until it ends */
-    struct mcopy *ch_next;     /* in ch's copies, in request order */
-    uint64_t q_start;          /* where its request starts in ch's byte stream */
+    struct schan *ch;            /* the connection it rides, until it ends */
+    struct mcopy *ch_next;       /* in ch's copies, in request order */
+    uint64_t q_start;            /* where its request starts in ch's byte stream */
     bool up_chunked, req_ended, is_head, done;
-    int connect_err;           /* the pool's reason when a connect failed, else -1 */
+    int connect_err; /* the pool's reason when a connect failed, else -1 */
     uint64_t body_bytes;
-    int64_t held;              /* its buffered body, counted in stats_mirror_memory_bytes */
+    int64_t held; /* its buffered body, counted in stats_mirror_memory_bytes */
     ev_timer deadline;
     ev_tstamp t_start;
     /* With a scrub policy (mirror/scrub.h): */
-    bool have_head;            /* `head` holds the scrubbed head */
-    bool buffering;            /* the policy must see the body: hold it whole, send at the end */
-    bool scrub_pending;        /* the body is whole: scrub and send at the next flush */
+    bool have_head;     /* `head` holds the scrubbed head */
+    bool buffering;     /* the policy must see the body: hold it whole, send at the end */
+    bool scrub_pending; /* the body is whole: scrub and send at the next flush */
     struct scrub_head head;
-    struct strbuf body;        /* the buffered body (bounded by max_body, else buffer) */
+    struct strbuf body; /* the buffered body (bounded by max_body, else buffer) */
 };
 
 /* One shadow connection and the copies riding it. Copies started in the same
@@ -62,14 +62,14 @@ struct mcopy {
 struct schan {
     struct worker *w;
     struct pool *pool;
-    struct upconn *up;         /* NULL once given back to the pool */
+    struct upconn *up; /* NULL once given back to the pool */
     struct mcopy *first, *last;
     unsigned ncopies;
-    bool poisoned;             /* a request on it was cut short or answered early: no reuse */
-    bool dirty;                /* on w->shadow_dirty */
+    bool poisoned; /* a request on it was cut short or answered early: no reuse */
+    bool dirty;    /* on w->shadow_dirty */
     struct schan *dirty_next;
-    uint64_t sent;             /* bytes written so far; sent + up->out.bytes were queued */
-    int64_t held;              /* up->out.bytes counted in stats_mirror_memory_bytes */
+    uint64_t sent; /* bytes written so far; sent + up->out.bytes were queued */
+    int64_t held;  /* up->out.bytes counted in stats_mirror_memory_bytes */
     /* The answer being read (to the first copy's request): */
     struct h1_parser rparser;
     enum fwd_resp_state rstate;
@@ -87,10 +87,13 @@ static const struct upconn_ops shadow_ops = {ch_connected, ch_failed, ch_io};
 
 static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_target_bytes = 0};
 
+/* reasons in enum order, a few per row */
+// clang-format off
 static const char *const drop_reason[MO_COUNT] = {
     "completed", "overflow", "body too large", "circuit open", "scrub failure",
     "connect failure", "timeout", "reset", "protocol error", "TLS failure",
 };
+// clang-format on
 
 static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault);
 
@@ -118,7 +121,10 @@ static void hold(int64_t *held, int64_t now)
 
 static void mc_account(struct mcopy *mc) { hold(&mc->held, (int64_t)mc->body.len); }
 
-static void ch_account(struct schan *ch) { hold(&ch->held, ch->up ? (int64_t)ch->up->out.bytes : 0); }
+static void ch_account(struct schan *ch)
+{
+    hold(&ch->held, ch->up ? (int64_t)ch->up->out.bytes : 0);
+}
 
 static bool over_memory(const struct mcopy *mc, size_t add)
 {
@@ -183,7 +189,9 @@ static void ch_release(struct schan *ch, bool keep)
     worker_defer_free(ch->w, ch_free, ch);
 }
 
-/* The connection failed: every copy on it fails with it. */
+/* The connection failed: every copy on it fails with it. The recursion
+ * through mc_end and ch_remove stops there: ch_release cleared ch->up. */
+// NOLINTNEXTLINE(misc-no-recursion)
 static void ch_fail(struct schan *ch, enum mirror_outcome o, bool shadow_fault)
 {
     ch_release(ch, false);
@@ -195,7 +203,9 @@ static void ch_fail(struct schan *ch, enum mirror_outcome o, bool shadow_fault)
  * the mirror's own buffer. */
 static void bound_kernel_buffer(int fd, size_t buffer)
 {
-    int size = buffer < 32 * 1024 ? 32 * 1024 : buffer > 4 * 1024 * 1024 ? 4 * 1024 * 1024 : (int)buffer;
+    int size = buffer < 32 * 1024         ? 32 * 1024
+               : buffer > 4 * 1024 * 1024 ? 4 * 1024 * 1024
+                                          : (int)buffer;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
 }
 
@@ -233,6 +243,7 @@ static void ch_append(struct schan *ch, struct mcopy *mc)
 }
 
 /* A copy leaves its channel (completed, dropped or failed). */
+// NOLINTNEXTLINE(misc-no-recursion): bounded, see ch_fail
 static void ch_remove(struct mcopy *mc, enum mirror_outcome o)
 {
     struct schan *ch = mc->ch;
@@ -311,6 +322,7 @@ static void unlink_primary(struct mcopy *mc)
 }
 
 /* The one exit: count the outcome, leave the connection, free later. */
+// NOLINTNEXTLINE(misc-no-recursion): bounded, see ch_fail
 static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault)
 {
     if (mc->done) return;
@@ -323,13 +335,15 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
         note_latency(mc->pool, now - mc->t_start);
         pool_breaker_record(mc->pool, true, now);
     } else {
-        if (outcome == MO_FAILED_TIMEOUT) note_latency(mc->pool, (double)mc->cluster->timeout_ms / 1000.0);
+        if (outcome == MO_FAILED_TIMEOUT)
+            note_latency(mc->pool, (double)mc->cluster->timeout_ms / 1000.0);
         if (shadow_fault) {
             pool_breaker_record(mc->pool, false, now);
             STAT_INC(mc->cst->errors[mc->connect_err >= 0 ? (enum upstream_error)mc->connect_err
-                                                           : upstream_error_for(outcome)]);
+                                                          : upstream_error_for(outcome)]);
         }
-        log_ratelimited(&rl_drop, LOG_WARN, "upstream", "shadow request %s due to %s (route %s, cluster %s)",
+        log_ratelimited(&rl_drop, LOG_WARN, "upstream",
+                        "shadow request %s due to %s (route %s, cluster %s)",
                         outcome < MO_FAILED_CONNECT ? "dropped" : "failed", drop_reason[outcome],
                         mc->route->name, mc->cluster->name);
     }
@@ -359,11 +373,13 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 /* Why a copy must not start, or MO_COMPLETED if it may. */
 static enum mirror_outcome admission(struct stream *s, const struct cfg_mirror *m, struct pool *p)
 {
-    if (m->max_body && s->req.has_body && s->req.length_known && s->req.content_length > m->max_body)
+    if (m->max_body && s->req.has_body && s->req.length_known &&
+        s->req.content_length > m->max_body)
         return MO_DROPPED_BODY_TOO_LARGE;
     if (p->pending >= p->cl->max_pending) return MO_DROPPED_OVERFLOW;
     const struct config *cfg = s->ws->snap->cfg;
-    if (atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) >= (int64_t)cfg->mirror_memory)
+    if (atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) >=
+        (int64_t)cfg->mirror_memory)
         return MO_DROPPED_OVERFLOW;
     if (!pool_breaker_allow(p, ev_now(s->w->loop))) return MO_DROPPED_CIRCUIT_OPEN;
     return MO_COMPLETED;
@@ -376,8 +392,9 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     enum mirror_outcome why = admission(s, m, p);
     if (why != MO_COMPLETED) {
         STAT_INC(mst->outcomes[why]);
-        log_ratelimited(&rl_drop, LOG_WARN, "upstream", "shadow request dropped due to %s (route %s, cluster %s)",
-                        drop_reason[why], s->route->name, p->cl->name);
+        log_ratelimited(&rl_drop, LOG_WARN, "upstream",
+                        "shadow request dropped due to %s (route %s, cluster %s)", drop_reason[why],
+                        s->route->name, p->cl->name);
         return;
     }
     struct mcopy *mc = calloc(1, sizeof *mc);
@@ -449,9 +466,9 @@ void shadow_start(struct stream *s)
     size_t base = snap->route_mirror_base[route_idx];
     for (size_t j = 0; j < n; j++) {
         struct stats_mirror *mst = s->ws->mstats[base + j];
-        enum select_result sel = select_request(&s->route->mirrors[j], &s->req, s->req.client_addr,
-                                                worker_random(s->w),
-                                                runtime_ppm(snap->mirror_rt[base + j]));
+        enum select_result sel =
+            select_request(&s->route->mirrors[j], &s->req, s->req.client_addr, worker_random(s->w),
+                           runtime_ppm(snap->mirror_rt[base + j]));
         if (sel == SELECT_EXCLUDED) {
             STAT_INC(mst->excluded);
             continue;
@@ -591,6 +608,40 @@ static bool response_done(struct schan *ch)
     return ch->up != NULL;
 }
 
+/* Takes one response head off the input and sets up for its body. Returns
+ * 0 to go on, 1 when more input is needed, -1 once the channel is gone. */
+static int discard_head(struct schan *ch, const char *p, size_t len)
+{
+    struct h1_response hr;
+    int rc = h1_parse_response(&ch->rparser, p, len, &resp_limits, ch->first->is_head, &hr);
+    if (rc == H1_AGAIN) return 1;
+    if (rc < 0 || hr.status == 101 || (hr.status < 200 && ++ch->interim > MAX_INTERIM)) {
+        ch_fail(ch, MO_FAILED_PROTOCOL, true);
+        return -1;
+    }
+    ch->up->in.rpos += hr.head_len;
+    h1_parser_reset(&ch->rparser);
+    if (hr.status < 200) return 0;
+    if (!hr.keep_alive) ch->poisoned = true; /* copies behind this one will see the close */
+    switch (hr.body) {
+    case H1_BODY_NONE: return response_done(ch) ? 0 : -1;
+    case H1_BODY_LENGTH:
+        if (hr.content_length == 0) return response_done(ch) ? 0 : -1;
+        ch->rstate = FWD_RESP_LENGTH;
+        ch->rremaining = hr.content_length;
+        break;
+    case H1_BODY_CHUNKED:
+        ch->rstate = FWD_RESP_CHUNKED;
+        h1_chunked_init(&ch->rchunked);
+        break;
+    case H1_BODY_UNTIL_CLOSE:
+        ch->rstate = FWD_RESP_CLOSE;
+        ch->poisoned = true;
+        break;
+    }
+    return 0;
+}
+
 /* Consumes what the input holds; returns false once the channel is gone. */
 static bool discard_input(struct schan *ch)
 {
@@ -603,30 +654,8 @@ static bool discard_input(struct schan *ch)
         const char *p = ibuf_data(&u->in);
         size_t len = ibuf_len(&u->in);
         if (ch->rstate == FWD_RESP_HEAD) {
-            struct h1_response hr;
-            int rc = h1_parse_response(&ch->rparser, p, len, &resp_limits, ch->first->is_head, &hr);
-            if (rc == H1_AGAIN) return true;
-            if (rc < 0 || hr.status == 101 || (hr.status < 200 && ++ch->interim > MAX_INTERIM)) {
-                ch_fail(ch, MO_FAILED_PROTOCOL, true);
-                return false;
-            }
-            u->in.rpos += hr.head_len;
-            h1_parser_reset(&ch->rparser);
-            if (hr.status < 200) continue;
-            if (!hr.keep_alive) ch->poisoned = true; /* copies behind this one will see the close */
-            switch (hr.body) {
-            case H1_BODY_NONE: if (!response_done(ch)) return false; continue;
-            case H1_BODY_LENGTH:
-                if (hr.content_length == 0) {
-                    if (!response_done(ch)) return false;
-                    continue;
-                }
-                ch->rstate = FWD_RESP_LENGTH;
-                ch->rremaining = hr.content_length;
-                break;
-            case H1_BODY_CHUNKED: ch->rstate = FWD_RESP_CHUNKED; h1_chunked_init(&ch->rchunked); break;
-            case H1_BODY_UNTIL_CLOSE: ch->rstate = FWD_RESP_CLOSE; ch->poisoned = true; break;
-            }
+            int rc = discard_head(ch, p, len);
+            if (rc != 0) return rc > 0;
             continue;
         }
         if (ch->rstate == FWD_RESP_CLOSE) {

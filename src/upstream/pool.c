@@ -105,8 +105,10 @@ static struct upconn *open_conn(struct pool *p, size_t ep, enum upstream_error *
     if (!u) abort();
     u->pool = p;
     const struct snapshot *snap = p->ws->snap;
-    struct tls_client_ctx *tls = snap->cluster_tls ? snap->cluster_tls[cl - snap->cfg->clusters] : NULL;
-    if (tls) transport_tls_client(&u->tr, fd, tls, ep, pool_loop(p)); /* handshake in UP_HANDSHAKE */
+    struct tls_client_ctx *tls =
+        snap->cluster_tls ? snap->cluster_tls[cl - snap->cfg->clusters] : NULL;
+    if (tls)
+        transport_tls_client(&u->tr, fd, tls, ep, pool_loop(p)); /* handshake in UP_HANDSHAKE */
     else transport_plain(&u->tr, fd);
     u->endpoint = ep;
     u->state = UP_CONNECTING;
@@ -252,9 +254,7 @@ static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
             upconn_ready(u);
         }
         return;
-    case UP_HANDSHAKE:
-        upconn_handshake(u);
-        return;
+    case UP_HANDSHAKE: upconn_handshake(u); return;
     case UP_ACTIVE:
         /* TLS may need the other readiness to go on (tr.wants): retry both sides. */
         if ((revents & EV_WRITE) && (u->tr.wants & TRANSPORT_WANT_WRITE)) revents |= EV_READ;
@@ -269,8 +269,7 @@ static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
         upconn_close(u);
         return;
     }
-    case UP_CLOSED:
-        return;
+    case UP_CLOSED: return;
     }
 }
 

@@ -36,13 +36,13 @@ struct upconn {
     enum upconn_state state;
     struct transport tr;
     ev_io io;
-    ev_timer timer;          /* connect or idle timeout (the stream times the response) */
+    ev_timer timer; /* connect or idle timeout (the stream times the response) */
     size_t endpoint;
     struct ibuf in;
     struct bufq out;
     const struct upconn_ops *ops; /* while CONNECTING or ACTIVE */
     void *owner;
-    bool reused;             /* this request is not the connection's first */
+    bool reused; /* this request is not the connection's first */
     bool want_write;
     struct upconn *idle_prev, *idle_next;
 };
@@ -51,18 +51,19 @@ struct pool {
     struct wsnap *ws;
     const struct cfg_cluster *cl; /* borrowed from the wsnap's snapshot */
     struct stats_cluster *st;
-    struct upconn *idle;          /* most recently used first */
+    struct upconn *idle; /* most recently used first */
     unsigned nidle, nconns;
     size_t rr;
     bool retired;
     /* For shadow clusters (mirror copies): */
-    unsigned pending;             /* copies in flight (bounded by max_pending) */
-    unsigned cb_failures;         /* consecutive failures (circuit breaker) */
-    ev_tstamp cb_open_until;      /* the breaker is open until then */
-    bool cb_probing;              /* half-open: one probe is in flight */
-    struct schan *batch;          /* shadow.c: the connection copies started in this loop
-                                     iteration join (pipelined), until the iteration ends */
-    double shadow_latency;        /* shadow.c: moving average of copy latency, seconds */
+    unsigned pending;        /* copies in flight (bounded by max_pending) */
+    unsigned cb_failures;    /* consecutive failures (circuit breaker) */
+    ev_tstamp cb_open_until; /* the breaker is open until then */
+    bool cb_probing;         /* half-open: one probe is in flight */
+    /* shadow.c: the connection copies started in this loop iteration join
+     * (pipelined), until the iteration ends */
+    struct schan *batch;
+    double shadow_latency; /* shadow.c: moving average of copy latency, seconds */
     bool shadow_latency_known;
 };
 
