@@ -100,7 +100,7 @@ soak: deps
 
 slow-clients: deps
 	@$(MAKE) --no-print-directory build/umbra
-	UMBRA_BIN=$(CURDIR)/build/umbra bash tests/soak/slow_clients.sh
+	UMBRA_BIN=$(CURDIR)/build/umbra /usr/bin/python3 tests/soak/slow_clients.py
 
 lint: deps
 	bash scripts/lint.sh

@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config clang libclang-rt-14-dev clang-tidy clang-format cppcheck
   libev-dev libyaml-dev libpcre2-dev libjansson-dev libssl-dev libnghttp2-dev
   libcmocka-dev zlib1g-dev
-  python3 python3-pytest curl nghttp2-client wrk slowhttptest
+  python3 python3-pytest curl nghttp2-client wrk slowhttptest strace
   nginx haproxy openssl procps util-linux
 )
 

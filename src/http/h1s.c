@@ -5,6 +5,7 @@
 #include "http/h1s.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
@@ -70,7 +71,8 @@ struct h1s {
 
     enum h1s_resp_framing rs_kind;
     bool resp_started, keep_alive, client_10, draining, linger;
-    bool peer_eof;       /* the client half-closed after its request */
+    bool peer_eof;    /* the client half-closed after its request */
+    bool out_blocked; /* the last write met EAGAIN: only writability retries */
     int status;
     unsigned requests;
     ev_tstamp req_start;
@@ -217,8 +219,10 @@ static void enter_closing(struct h1s *c)
 
 static void write_access_log(struct h1s *c, int fd, int status, double duration)
 {
-    struct access_entry e = {.client_ip = c->client_ip, .status = status,
-                             .bytes_in = c->rq_bytes, .duration_s = duration};
+    struct access_entry e = {.client_ip = c->client_ip,
+                             .status = status,
+                             .bytes_in = c->rq_bytes,
+                             .duration_s = duration};
     if (c->st) {
         e.method = c->st->req.method;
         e.path = c->st->req.path;
@@ -267,9 +271,12 @@ static void reject(struct h1s *c, int status, const char *why)
 
 static bool is_hop_by_hop(struct h1_str name)
 {
+    /* one row per line of the list as written */
+    // clang-format off
     static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "te",
                                         "transfer-encoding", "upgrade", "host", "content-length",
                                         "expect", "http2-settings", "x-forwarded-proto"};
+    // clang-format on
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (h1_name_is(name, names[i])) return true;
     return false;
@@ -347,6 +354,26 @@ static bool framing_lookalike(struct h1_str name)
     return false;
 }
 
+/* Joins the X-Forwarded-For fields from `first` on into one value, "a, b",
+ * kept in s->xff_joined (the stream owns it). `total` bounds its length. */
+static struct h1_str join_xff(struct stream *s, const struct h1_request *r, size_t first,
+                              size_t total)
+{
+    size_t len = 0;
+    s->xff_joined = malloc(total + 1);
+    if (!s->xff_joined) abort();
+    for (size_t i = first; i < r->nheaders; i++) {
+        if (!h1_name_is(r->headers[i].name, "x-forwarded-for")) continue;
+        if (len) {
+            memcpy(s->xff_joined + len, ", ", 2);
+            len += 2;
+        }
+        memcpy(s->xff_joined + len, r->headers[i].value.p, r->headers[i].value.len);
+        len += r->headers[i].value.len;
+    }
+    return (struct h1_str){s->xff_joined, len};
+}
+
 static int build_request(struct h1s *c, struct stream *s, const struct h1_request *r,
                          const char **why)
 {
@@ -391,24 +418,13 @@ static int build_request(struct h1s *c, struct stream *s, const struct h1_reques
     const char *subject = subject_hdr ? tls_peer_subject(&c->tr) : NULL;
     if (subject) { /* borrowed from the transport, which outlives the head's serialization */
         if (n == H1_MAX_HEADERS) return 431;
-        s->fields[n++] = (http_field){{subject_hdr, strlen(subject_hdr)}, {subject, strlen(subject)}};
+        s->fields[n++] =
+            (http_field){{subject_hdr, strlen(subject_hdr)}, {subject, strlen(subject)}};
     }
     m->fields = s->fields;
     m->nfields = n;
-    if (nxff == 1) {
-        m->forwarded_for = r->headers[first_xff].value;
-    } else if (nxff > 1) {
-        s->xff_joined = malloc(xff_total + 1);
-        if (!s->xff_joined) abort();
-        size_t len = 0;
-        for (size_t i = (size_t)first_xff; i < r->nheaders; i++)
-            if (h1_name_is(r->headers[i].name, "x-forwarded-for")) {
-                if (len) { memcpy(s->xff_joined + len, ", ", 2); len += 2; }
-                memcpy(s->xff_joined + len, r->headers[i].value.p, r->headers[i].value.len);
-                len += r->headers[i].value.len;
-            }
-        m->forwarded_for = (struct h1_str){s->xff_joined, len};
-    }
+    if (nxff == 1) m->forwarded_for = r->headers[first_xff].value;
+    else if (nxff > 1) m->forwarded_for = join_xff(s, r, (size_t)first_xff, xff_total);
     if (!m->request_id.len) {
         worker_request_id(c->w, s->request_id);
         m->request_id = (struct h1_str){s->request_id, 36};
@@ -434,7 +450,9 @@ static void start_request(struct h1s *c, const struct h1_request *r)
     c->keep_alive = r->keep_alive && !c->draining && !w->draining &&
                     (c->limits.max_requests_per_connection == 0 ||
                      c->requests < c->limits.max_requests_per_connection);
-    c->rq_kind = r->body == H1_BODY_LENGTH ? RQ_LENGTH : r->body == H1_BODY_CHUNKED ? RQ_CHUNKED : RQ_NONE;
+    c->rq_kind = r->body == H1_BODY_LENGTH    ? RQ_LENGTH
+                 : r->body == H1_BODY_CHUNKED ? RQ_CHUNKED
+                                              : RQ_NONE;
     c->rq_remaining = r->content_length;
     c->rq_bytes = 0;
     c->rq_paused = false;
@@ -566,8 +584,9 @@ static void parse_head(struct h1s *c)
 {
     struct h1_limits lim = {
         .max_head_bytes = c->limits.max_header_bytes,
-        .max_target_bytes = c->limits.max_header_bytes < MAX_TARGET_BYTES ? c->limits.max_header_bytes
-                                                                          : MAX_TARGET_BYTES,
+        .max_target_bytes = c->limits.max_header_bytes < MAX_TARGET_BYTES
+                                ? c->limits.max_header_bytes
+                                : MAX_TARGET_BYTES,
     };
     /* One scratch head per thread: start_request copies what outlives it. */
     static _Thread_local struct h1_request scratch;
@@ -632,14 +651,11 @@ void h1s_response_head(struct h1s *c, const struct http_response *resp)
     }
     if (c->rs_kind == RS_LENGTH)
         bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)resp->content_length);
-    else if (c->rs_kind == RS_CHUNKED)
-        bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    else if (c->rs_kind == RS_CHUNKED) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
     if (!c->keep_alive || !c->rq_done) {
         c->keep_alive = false; /* said close: must close, even if the body ends later */
         bufq_push_copy(q, "Connection: close\r\n", 19);
-    }
-    else if (c->client_10)
-        bufq_push_copy(q, "Connection: keep-alive\r\n", 24);
+    } else if (c->client_10) bufq_push_copy(q, "Connection: keep-alive\r\n", 24);
     bufq_push_copy(q, "\r\n", 2);
 }
 
@@ -654,6 +670,9 @@ void h1s_response_data(struct h1s *c, struct chunk *ch, const char *p, size_t n)
 
 void h1s_flush_out(struct h1s *c)
 {
+    /* Never NULL: forward.c's process_input tests s->ds after this call only
+     * because the flush may detach it; cppcheck reads that as "may be NULL". */
+    // cppcheck-suppress ctunullpointer
     if (c->state != H1S_CLOSED && c->out.bytes) h1s_flush(c);
 }
 
@@ -726,12 +745,20 @@ void h1s_resume_body(struct h1s *c)
 
 static void h1s_flush(struct h1s *c)
 {
+    /* After EAGAIN only the socket's writability (h1s_io_cb) retries: a
+     * writev before that fails again, one wasted syscall for every chunk a
+     * fast upstream hands a client that reads slowly or not at all. The
+     * write watcher is on meanwhile (out.bytes > 0) and so is send_timer. */
+    if (c->out_blocked) return;
     bool progress = false;
     while (c->out.bytes) {
         struct iovec iov[IOV_MAX_BATCH];
         int n = bufq_iov(&c->out, iov, IOV_MAX_BATCH);
         ssize_t w = transport_writev(&c->tr, iov, n);
-        if (w == -EAGAIN) break;
+        if (w == -EAGAIN) {
+            c->out_blocked = true;
+            break;
+        }
         if (w < 0) {
             h1s_close(c);
             return;
@@ -740,10 +767,8 @@ static void h1s_flush(struct h1s *c)
         bufq_consume(&c->out, (size_t)w, NULL);
         progress = true;
     }
-    if (c->out.bytes == 0)
-        ev_timer_stop(c->w->loop, &c->send_timer);
-    else if (progress || !ev_is_active(&c->send_timer))
-        ev_timer_again(c->w->loop, &c->send_timer);
+    if (c->out.bytes == 0) ev_timer_stop(c->w->loop, &c->send_timer);
+    else if (progress || !ev_is_active(&c->send_timer)) ev_timer_again(c->w->loop, &c->send_timer);
     if (c->state == H1S_CLOSING && c->out.bytes == 0) {
         finish_close(c);
         return;
@@ -787,7 +812,8 @@ static void h1s_read(struct h1s *c)
             return;
         }
         if (r == 0) {
-            if (c->state == H1S_WAIT) { /* a half-close after whole requests: answer them, then close */
+            /* a half-close after whole requests: answer them, then close */
+            if (c->state == H1S_WAIT) {
                 c->peer_eof = true;
                 break;
             }
@@ -813,7 +839,10 @@ static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     /* TLS may need the other readiness to go on (t->wants): retry both sides. */
     if ((revents & EV_WRITE) && (c->tr.wants & TRANSPORT_WANT_WRITE)) revents |= EV_READ;
     if ((revents & EV_READ) && (c->tr.wants & TRANSPORT_WANT_READ)) revents |= EV_WRITE;
-    if (revents & EV_WRITE) h1s_flush(c);
+    if (revents & EV_WRITE) {
+        c->out_blocked = false;
+        h1s_flush(c);
+    }
     if (c->state != H1S_CLOSED && (revents & EV_READ)) h1s_read(c);
 }
 
@@ -838,9 +867,7 @@ static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         STAT_INC(ws->downstream_timeouts[DTO_IDLE]);
         h1s_close(c);
         break;
-    default:
-        h1s_close(c);
-        break;
+    default: h1s_close(c); break;
     }
 }
 
@@ -848,8 +875,9 @@ static void send_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct h1s *c = t->data;
     STAT_INC(c->w->stats->downstream_timeouts[DTO_SEND]);
-    log_ratelimited(&rl_reject, LOG_WARN, "http", "client %s: not reading its response for %.1fs: closed",
-                    c->client_ip, (double)c->limits.send_timeout_ms / 1000.0);
+    log_ratelimited(&rl_reject, LOG_WARN, "http",
+                    "client %s: not reading its response for %.1fs: closed", c->client_ip,
+                    (double)c->limits.send_timeout_ms / 1000.0);
     h1s_close(c);
 }
 
@@ -861,7 +889,8 @@ static void rate_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     uint64_t need = (uint64_t)((double)c->limits.min_body_rate * RATE_WINDOW_S);
-    bool slow = !c->rq_paused && c->rate_bytes < need; /* our own backpressure is not the client's fault */
+    bool slow =
+        !c->rq_paused && c->rate_bytes < need; /* our own backpressure is not the client's fault */
     c->rate_bytes = 0;
     if (slow) {
         STAT_INC(c->w->stats->downstream_timeouts[DTO_MIN_RATE]);
@@ -877,21 +906,36 @@ void h1s_drain(struct h1s *c)
     if (c->state == H1S_IDLE || (c->state == H1S_HEAD && ibuf_len(&c->in) == 0)) h1s_close(c);
 }
 
+/* Responses go out without Nagle delays. A client that stops reading must not
+ * take its response off our hands into the kernel: Linux autotunes a send
+ * buffer up to tcp_wmem's maximum (4 MiB), so each slow reader would make us
+ * drain the upstream and copy MiBs into kernel memory, pinned until
+ * send_timeout. TCP_NOTSENT_LOWAT bounds only the bytes not yet sent (to
+ * connection_buffer, plus one segment): a reader that keeps up still gets
+ * the whole window autotuning gives it. */
+static void tune_socket(int fd, const struct cfg_limits *limits)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int lowat = limits->connection_buffer < INT_MAX ? (int)limits->connection_buffer : INT_MAX;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
+}
+
 void h1s_accept(struct worker *w, int fd, const struct sockaddr *peer, size_t listener)
 {
     struct h1s *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->w = w;
-    struct tls_server_ctx *tls = w->cur->snap->listener_tls ? w->cur->snap->listener_tls[listener] : NULL;
+    struct tls_server_ctx *tls =
+        w->cur->snap->listener_tls ? w->cur->snap->listener_tls[listener] : NULL;
     if (tls) transport_tls_server(&c->tr, fd, tls, w->loop); /* handshake inside the first reads */
     else transport_plain(&c->tr, fd);
     c->listener = listener;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->limits = w->cur->snap->cfg->listeners[listener].limits;
+    tune_socket(fd, &c->limits);
     net_format_ip(peer, c->client_ip, sizeof c->client_ip);
-    memcpy(&c->peer, peer, peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                       : sizeof(struct sockaddr_in));
+    memcpy(&c->peer, peer,
+           peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     bufq_init(&c->out);
     c->state = H1S_HEAD;
     ev_io_init(&c->io, h1s_io_cb, fd, EV_READ);

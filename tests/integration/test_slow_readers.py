@@ -1,0 +1,137 @@
+"""A client that stops reading its response (slowhttptest -X, slow read) may
+pin only a bounded amount of response with umbra, and costs it no write
+attempts while its socket is full. Bounded: connection_buffer in umbra's queue and about as
+much unsent in the kernel; without a bound on the kernel's side Linux
+autotunes the client socket's send buffer up to tcp_wmem's maximum (4 MiB)
+and umbra copies MiBs of every slow reader's response into kernel memory.
+No work: once a write met EAGAIN, umbra waits for writability instead of
+trying again for every chunk the upstream delivers."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from harness import build_request, make_config, wait_until
+
+KIB = 1 << 10
+MB = 1 << 20
+
+
+def bytes_sent(u):
+    status, body = u.admin("GET", "/stats")
+    assert status == 200
+    return json.loads(body)["downstream"]["bytes_sent"]
+
+
+def settled(u, quiet_s=0.5):
+    """bytes_sent once it has not moved for quiet_s (umbra stopped writing)."""
+    last = {"n": -1, "since": time.monotonic()}
+
+    def still():
+        n = bytes_sent(u)
+        now = time.monotonic()
+        if n != last["n"]:
+            last["n"], last["since"] = n, now
+            return None
+        return n if now - last["since"] >= quiet_s else None
+
+    return wait_until(still, timeout=10, interval=0.05, what="umbra to stop writing to the slow reader")
+
+
+def slow_reader(port, target, headers):
+    """A client with a tiny receive buffer that sends one request and never reads."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(build_request("GET", target, headers))
+    return s
+
+
+@pytest.mark.parametrize("buffer_kib", [16, 64])
+def test_the_kernel_holds_about_connection_buffer_of_a_slow_readers_response(procs, buffer_kib):
+    b = procs.backend("b1")
+    u = procs.umbra(make_config({"primary": [b]}, workers=1,
+                                limits={"connection_buffer": "%dKiB" % buffer_kib, "send_timeout": "30s"}))
+    before = bytes_sent(u)
+    s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
+    try:
+        wait_until(lambda: bytes_sent(u) > before, what="the response to start")
+        sent = settled(u) - before
+        # What the client's 4 KiB receive buffer took, plus what the kernel
+        # queues unsent for it: bounded by connection_buffer (TCP_NOTSENT_LOWAT)
+        # and one segment of overshoot (64 KiB on loopback). Unbounded, Linux
+        # takes MiBs here.
+        bound = 2 * buffer_kib * KIB + 128 * KIB
+        assert sent <= bound, "umbra handed %d bytes to the kernel for a client that reads nothing (bound %d)" % (
+            sent, bound)
+        assert u.alive()
+    finally:
+        s.close()
+
+
+def test_fast_reader_after_slow_reader_still_gets_everything(procs):
+    """The bound is on unsent bytes only: a reader that keeps up gets a large
+    response whole, on the same umbra that holds a slow reader."""
+    b = procs.backend("b1")
+    u = procs.umbra(make_config({"primary": [b]}, workers=1, limits={"connection_buffer": "16KiB"}))
+    s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
+    try:
+        wait_until(lambda: bytes_sent(u) > 0, what="the slow reader's response to start")
+        size = 8 * MB
+        with socket.create_connection(("127.0.0.1", u.port), timeout=10) as c:
+            c.sendall(build_request("GET", "/big", [("X-Backend-Mode", "big; size=%d" % size),
+                                                    ("Connection", "close")]))
+            data = bytearray()
+            while True:
+                piece = c.recv(256 * KIB)
+                if not piece:
+                    break
+                data += piece
+        head, sep, body = bytes(data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and sep
+        assert len(body) == size, "a fast reader got %d bytes of an %d-byte body" % (len(body), size)
+    finally:
+        s.close()
+
+
+def tracing(pid):
+    """True once every thread of pid is stopped under a tracer."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            if "TracerPid:\t0\n" in f.read():
+                return False
+    return True
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_a_full_client_socket_is_not_written_again_until_writable(procs, tmp_path):
+    b = procs.backend("b1")
+    # A large buffer: after the client's socket is full umbra goes on reading
+    # the upstream until 256 KiB are queued, 16 reads of a 16 KiB chunk.
+    u = procs.umbra(make_config({"primary": [b]}, workers=1,
+                                limits={"connection_buffer": "256KiB", "send_timeout": "30s"}))
+    log = tmp_path / "writev.strace"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=writev", "-e", "status=failed",
+                               "-o", str(log), "-p", str(u.pid)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s = None
+    try:
+        wait_until(lambda: tracing(u.pid), what="strace to attach")
+        s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
+        wait_until(lambda: bytes_sent(u) > 0, what="the response to start")
+        settled(u)
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+        if s:
+            s.close()
+    failed = [line for line in log.read_text().splitlines() if "EAGAIN" in line]
+    # One EAGAIN when the socket fills; any more is a write umbra knew would fail.
+    assert len(failed) <= 2, "%d writev calls met EAGAIN on a socket not yet writable again:\n%s" % (
+        len(failed), "\n".join(failed[:5]))
