@@ -176,17 +176,24 @@ static void ch_dirty(struct schan *ch)
 
 static void ch_free(void *obj) { free(obj); }
 
-/* Gives the connection back (kept alive when keep and clean) and frees the
- * channel at the next safe point; its copies must end in this iteration. */
-static void ch_release(struct schan *ch, bool keep)
+/* The channel lets go of its connection and is freed at the next safe
+ * point; its copies must end in this iteration. Returns the connection. */
+static struct upconn *ch_detach(struct schan *ch)
 {
-    if (!ch->up) return;
     struct upconn *u = ch->up;
     ch->up = NULL;
     if (ch->pool->batch == ch) ch->pool->batch = NULL;
     ch_account(ch);
-    pool_release(u, keep && !ch->poisoned);
     worker_defer_free(ch->w, ch_free, ch);
+    return u;
+}
+
+/* Gives the connection back, kept alive when keep and clean. */
+static void ch_release(struct schan *ch, bool keep)
+{
+    if (!ch->up) return;
+    bool clean = keep && !ch->poisoned;
+    pool_release(ch_detach(ch), clean);
 }
 
 /* The connection failed: every copy on it fails with it. The recursion
@@ -722,10 +729,7 @@ static void ch_connected(void *owner)
 static void ch_failed(void *owner, enum upstream_error err)
 {
     struct schan *ch = owner;
-    ch->up = NULL; /* closed by the pool */
-    if (ch->pool->batch == ch) ch->pool->batch = NULL;
-    ch_account(ch);
-    worker_defer_free(ch->w, ch_free, ch);
+    ch_detach(ch); /* the pool closed the connection already */
     while (ch->first) {
         struct mcopy *mc = ch->first;
         mc->connect_err = (int)err; /* refused, timed out or TLS: the cluster counter says which */

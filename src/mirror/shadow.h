@@ -23,7 +23,9 @@ void shadow_start(struct stream *s);
 void shadow_body(struct stream *s, struct chunk *c, const char *p, size_t n);
 /** The request body ended (trailers borrowed for the call). */
 void shadow_body_end(struct stream *s, const http_field *trailers, size_t n);
-/** Writes what the calls above queued (batched: one writev per copy). */
+/** The primary's bytes are out: copies whose scrubbed body is whole are
+ *  scrubbed and queued. Nothing is written here: shadow_flush_worker writes
+ *  every shadow connection once, before the loop blocks. */
 void shadow_flush(struct stream *s);
 /** The primary stream is finished with its copies: complete ones go on
  *  alone; incomplete ones (the client cancelled mid-body) are aborted. */

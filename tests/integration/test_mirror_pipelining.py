@@ -7,6 +7,7 @@ To start copies together deterministically, umbra is stopped (SIGSTOP) while
 requests arrive on connections it already serves, then continued: one event
 loop iteration then sees them all."""
 
+import json
 import os
 import signal
 import socket
@@ -15,8 +16,8 @@ import time
 
 import pytest
 
-from harness import Client, wait_until
-from shadows import mirror_config, wait_outcomes
+from harness import Client, build_request, chunked, wait_until
+from shadows import header_values, mirror_config, peers, record_body, wait_outcomes  # noqa: F401
 
 
 class RecordingShadow:
@@ -106,18 +107,19 @@ def stopped(pid):
     return True
 
 
-def burst(u, clients, tag):
-    """One request per client, sent while umbra is stopped, so a single loop
-    iteration reads them all; every primary answer must be a 200."""
+def burst(u, clients, tag, requests=None):
+    """One request per client (a GET, or requests[i]), sent while umbra is
+    stopped, so a single loop iteration reads them all; every primary answer
+    must be a 200."""
     u.signal(signal.SIGSTOP)
     try:
         wait_until(lambda: stopped(u.pid), 5, 0.005, "umbra to stop")
         for i, c in enumerate(clients):
-            c.send(b"GET /%s/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (tag.encode(), i))
+            c.send(requests[i] if requests else b"GET /%s/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (tag.encode(), i))
     finally:
         u.signal(signal.SIGCONT)
     for c in clients:
-        assert c.read().status == 200
+        assert c.read("POST" if requests else "GET").status == 200
 
 
 def run_burst(procs, shadow, n, cluster_extra=None):
@@ -190,3 +192,46 @@ def test_slow_shadow_is_not_pipelined(procs, shadow_factory):
     reads = new_reads(shadow.snapshot(), before)
     assert sum(map(sum, reads)) == n, reads
     assert all(max(r) == 1 for r in reads), reads
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_copies_with_bodies_stay_faithful(procs, peers):
+    """Promise 3 on a shared connection: bodies of copies sent back to back
+    (Content-Length and chunked alike) reach the shadow whole and each with its
+    own request, never interleaved."""
+    b = procs.backend()
+    col = peers.collector(body=True)
+    u = procs.umbra(mirror_config(b, {"shadow": {"endpoints": [col], "timeout": "60s"}},
+                                  [{"cluster": "shadow"}], workers=1))
+    n = 10
+    clients = [Client(u.port) for _ in range(n)]
+    bodies = [os.urandom(100 + 997 * i) for i in range(n)]
+    requests = []
+    for i, body in enumerate(bodies):
+        rid = [("X-Request-Id", "pipe-%d" % i)]
+        if i % 3 == 2:
+            requests.append(build_request("POST", "/p/%d" % i, rid + [("Transfer-Encoding", "chunked")],
+                                          chunked(body)))
+        else:
+            requests.append(build_request("POST", "/p/%d" % i, rid, body))
+    try:
+        # one copy times the shadow (and leaves one connection open); the
+        # other clients are only accepted, so no copy of theirs holds another
+        assert clients[0].request("GET", "/warm").status == 200
+        assert wait_outcomes(u, 1) == {"completed": 1}
+        wait_until(lambda: json.loads(u.admin("GET", "/stats")[1])["worker_loops"][0]["downstream_connections"] == n,
+                   5, what="umbra to accept every client")
+        opened = u.metrics().sum("umbra_upstream_connections_total", cluster="shadow")
+        burst(u, clients, "post", requests)
+        assert wait_outcomes(u, n + 1, timeout=20) == {"completed": n + 1}
+        # ten copies in flight at once, on at most one new connection: they shared
+        assert u.metrics().sum("umbra_upstream_connections_total", cluster="shadow") - opened <= 1
+    finally:
+        for c in clients:
+            c.close()
+    by_id = col.by_request_id()
+    for i, body in enumerate(bodies):
+        recs = by_id.get("pipe-%d" % i, [])
+        assert len(recs) == 1, (i, recs)
+        assert recs[0]["target"] == "/p/%d" % i
+        assert record_body(recs[0]) == body, i
