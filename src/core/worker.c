@@ -324,20 +324,11 @@ static void loop_woke_cb(struct ev_loop *loop, ev_check *c, int revents)
     stats_loop_woke(w->stats, stats_now_us());
 }
 
-/* Besides mirror copies, only primary streams hold a wsnap. */
-static uint64_t loop_primary_streams(const struct worker *w)
-{
-    long n = -(long)w->ncopies;
-    if (w->cur) n += w->cur->streams;
-    for (const struct wsnap *ws = w->retired; ws; ws = ws->next) n += ws->streams;
-    return n > 0 ? (uint64_t)n : 0;
-}
-
 /* Runs last before the loop polls (after the reaper, whose work it times). */
 static void loop_idle_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     struct worker *w = p->data;
-    stats_loop_idle(w->stats, stats_now_us(), w->nconns, loop_primary_streams(w), w->ncopies);
+    stats_loop_idle(w->stats, stats_now_us(), w->nconns, w->nstreams, w->ncopies);
 }
 
 static void loop_watch_start(struct worker *w)

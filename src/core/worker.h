@@ -73,6 +73,7 @@ struct worker {
     size_t nlisten;
     struct h1s *conns; /* all downstream connections (for drain) */
     unsigned nconns;
+    unsigned nstreams;          /* primary streams (forward.c's) */
     unsigned ncopies;           /* mirror copies in flight (a drain waits for them) */
     struct mcopy *copies;       /* all of them (shadow.c's list) */
     struct schan *shadow_dirty; /* shadow connections with bytes queued this iteration */

@@ -44,6 +44,7 @@ struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water)
     s->high_water = high_water;
     s->ws = w->cur;
     wsnap_stream_begin(s->ws);
+    w->nstreams++;
     bufq_init(&s->replay);
     ev_timer_init(&s->deadline, deadline_cb, 0.0, 0.0);
     s->deadline.data = s;
@@ -69,6 +70,7 @@ void stream_free(void *obj)
     bufq_clear(&s->replay);
     if (s->head_chunk) chunk_unref(s->head_chunk);
     free(s->xff_joined);
+    s->w->nstreams--;
     wsnap_stream_end(s->ws);
     free(s);
 }
