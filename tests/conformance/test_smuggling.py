@@ -96,7 +96,9 @@ def test_case(rig, case):
                 case.name, name, [h["target"] for h in heads[n:]])
     prim = [(r["method"], r["target"], r["body_len"]) for r in _new(primary, p0)[1]]
     shad = [(r["method"], r["target"], r["body_len"]) for r in _new(shadow, s0)[1]]
-    assert prim == shad, "%s: primary and shadow disagree: %s vs %s" % (case.name, prim, shad)
+    # Copies of pipelined requests may travel on different shadow connections,
+    # so the shadow can finish them in either order; only the set must agree.
+    assert sorted(prim) == sorted(shad), "%s: primary and shadow disagree: %s vs %s" % (case.name, prim, shad)
 
     errors = sum(1 for s in got if s >= 400)
     rejected = u.metrics().sum("umbra_downstream_rejected_total") - rejected0
