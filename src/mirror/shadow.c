@@ -2,6 +2,7 @@
 #include "mirror/shadow.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -21,6 +22,7 @@
 #include "upstream/pool.h"
 
 #define MAX_INTERIM 16
+#define MAX_WAKE_BYTES (32 * 1024)
 
 struct schan;
 
@@ -76,6 +78,7 @@ struct schan {
     uint64_t rremaining;
     struct h1_chunked rchunked;
     unsigned interim;
+    uint64_t rbytes; /* of the answer being read, so far */
 };
 
 static struct log_ratelimit rl_drop;
@@ -83,6 +86,7 @@ static struct log_ratelimit rl_drop;
 static void ch_connected(void *owner);
 static void ch_failed(void *owner, enum upstream_error err);
 static void ch_io(void *owner, int revents);
+static void ch_read(struct schan *ch);
 static const struct upconn_ops shadow_ops = {ch_connected, ch_failed, ch_io};
 
 static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_target_bytes = 0};
@@ -278,6 +282,28 @@ static void ch_remove(struct mcopy *mc, enum mirror_outcome o)
     if (ch->ncopies == 0) ch_release(ch, ch->up->state == UP_ACTIVE && ch->up->out.bytes == 0);
 }
 
+/* Answers are discarded, so there is no hurry to read each one as it
+ * comes: a shadow that writes them one by one would cost a wake-up and a
+ * read each. Once every request on the channel is out, the socket wakes us
+ * only when about all their answers are in (counted in the smallest answer
+ * seen, the last one half in), and one read takes them together. Answers
+ * smaller than any before may never reach the mark: a copy's deadline reads
+ * what came before it fails. */
+static void ch_wake_at(struct schan *ch)
+{
+    struct upconn *u = ch->up;
+    if (!transport_is_plain(&u->tr)) return; /* TLS may hold decrypted bytes itself */
+    uint64_t want = 1;
+    if (u->out.bytes == 0 && ch->last && mc_whole(ch->last) && ch->pool->shadow_answer_min) {
+        uint64_t min = ch->pool->shadow_answer_min;
+        uint64_t all = (uint64_t)ch->ncopies * min - min / 2;
+        uint64_t have = ibuf_len(&u->in);
+        want = all > have ? all - have : 1;
+        if (want > MAX_WAKE_BYTES) want = MAX_WAKE_BYTES;
+    }
+    upconn_set_rcvlowat(u, (unsigned)want);
+}
+
 static void ch_write(struct schan *ch)
 {
     struct upconn *u = ch->up;
@@ -289,6 +315,7 @@ static void ch_write(struct schan *ch)
         return;
     }
     ch_account(ch);
+    ch_wake_at(ch);
     upconn_watch(u, true, u->out.bytes > 0);
 }
 
@@ -371,6 +398,10 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
 static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct mcopy *mc = t->data;
+    if (mc->ch && mc->ch->up && mc->ch->up->rcvlowat > 1) {
+        ch_read(mc->ch); /* its answer may be in, short of the wake-up mark */
+        if (mc->done) return;
+    }
     if (mc->ch) ch_fail(mc->ch, MO_FAILED_TIMEOUT, true);
     else mc_end(mc, MO_FAILED_TIMEOUT, true);
 }
@@ -609,6 +640,10 @@ void shadow_detach(struct stream *s)
 /* The first copy's answer ended. False when the channel is gone. */
 static bool response_done(struct schan *ch)
 {
+    struct pool *p = ch->pool;
+    unsigned size = ch->rbytes > UINT_MAX ? UINT_MAX : (unsigned)ch->rbytes;
+    if (!p->shadow_answer_min || size < p->shadow_answer_min) p->shadow_answer_min = size;
+    ch->rbytes = 0;
     ch->rstate = FWD_RESP_HEAD;
     ch->interim = 0;
     mc_end(ch->first, MO_COMPLETED, false);
@@ -627,6 +662,7 @@ static int discard_head(struct schan *ch, const char *p, size_t len)
         return -1;
     }
     ch->up->in.rpos += hr.head_len;
+    ch->rbytes += hr.head_len;
     h1_parser_reset(&ch->rparser);
     if (hr.status < 200) return 0;
     if (!hr.keep_alive) ch->poisoned = true; /* copies behind this one will see the close */
@@ -666,12 +702,14 @@ static bool discard_input(struct schan *ch)
             continue;
         }
         if (ch->rstate == FWD_RESP_CLOSE) {
+            ch->rbytes += len;
             u->in.rpos = u->in.wpos;
             return true;
         }
         if (ch->rstate == FWD_RESP_LENGTH) {
             size_t n = len < ch->rremaining ? len : (size_t)ch->rremaining;
             u->in.rpos += n;
+            ch->rbytes += n;
             if ((ch->rremaining -= n) == 0 && !response_done(ch)) return false;
             continue;
         }
@@ -683,6 +721,7 @@ static bool discard_input(struct schan *ch)
             return false;
         }
         u->in.rpos += consumed;
+        ch->rbytes += consumed;
         if (rc == H1_CHUNK_DONE) {
             if (!response_done(ch)) return false;
             continue;
@@ -702,7 +741,7 @@ static void ch_read(struct schan *ch)
             return;
         }
         ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
-        if (r == -EAGAIN) return;
+        if (r == -EAGAIN) break;
         if (r < 0) { /* -EPROTO: a TLS alert, e.g. the shadow refused our certificate */
             ch_fail(ch, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
             return;
@@ -715,8 +754,9 @@ static void ch_read(struct schan *ch)
         }
         u->in.wpos += (size_t)r;
         if (!discard_input(ch)) return;
-        if ((size_t)r < space) return;
+        if ((size_t)r < space) break;
     }
+    ch_wake_at(ch);
 }
 
 static void ch_connected(void *owner)

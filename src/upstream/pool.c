@@ -1,6 +1,8 @@
 /* pool — upstream connection management for one cluster on one worker. */
 #include "upstream/pool.h"
 
+#include <sys/socket.h>
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +181,14 @@ void upconn_watch(struct upconn *u, bool read, bool write)
     if (!ev) return;
     ev_io_modify(&u->io, ev); /* not ev_io_set: that forces libev to re-add the fd */
     ev_io_start(loop, &u->io);
+}
+
+void upconn_set_rcvlowat(struct upconn *u, unsigned bytes)
+{
+    if (bytes < 1) bytes = 1;
+    if (bytes == (u->rcvlowat ? u->rcvlowat : 1)) return;
+    int v = (int)bytes;
+    if (setsockopt(u->tr.fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v) == 0) u->rcvlowat = bytes;
 }
 
 void pool_release(struct upconn *u, bool keep)

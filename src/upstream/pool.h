@@ -44,6 +44,7 @@ struct upconn {
     void *owner;
     bool reused; /* this request is not the connection's first */
     bool want_write;
+    unsigned rcvlowat; /* the socket's SO_RCVLOWAT; 0 and 1 mean the default */
     struct upconn *idle_prev, *idle_next;
 };
 
@@ -65,6 +66,7 @@ struct pool {
     struct schan *batch;
     double shadow_latency; /* shadow.c: moving average of copy latency, seconds */
     bool shadow_latency_known;
+    unsigned shadow_answer_min; /* shadow.c: bytes of the smallest answer seen, 0 before one */
 };
 
 /** Circuit breaker: may a new copy go to this cluster now? In half-open
@@ -91,6 +93,10 @@ void pool_free(struct pool *p);
  */
 struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *owner, bool fresh,
                             enum upstream_error *err);
+/** Sets the socket's SO_RCVLOWAT (a read event only once that many bytes
+ *  wait; an end or error still wakes at once); a system call only when the
+ *  value changes. */
+void upconn_set_rcvlowat(struct upconn *u, unsigned bytes);
 /** The stream is done with u: back to the idle list when keep and allowed,
  *  otherwise closed. */
 void pool_release(struct upconn *u, bool keep);

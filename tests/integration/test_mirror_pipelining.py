@@ -9,8 +9,11 @@ loop iteration then sees them all."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -25,8 +28,9 @@ class RecordingShadow:
     one at a time (as most servers do), and records per connection how many
     whole requests each read delivered. Requests without a body only."""
 
-    def __init__(self, delay=0.0):
+    def __init__(self, delay=0.0, body_for=None):
         self.delay = delay
+        self.body_for = body_for or (lambda target: b"shadow")
         self.lock = threading.Lock()
         self.reads = []  # per connection: [requests completed by each read]
         self.sock = socket.socket()
@@ -64,11 +68,12 @@ class RecordingShadow:
                     heads.append(head)
                 with self.lock:
                     reads.append(len(heads))
-                for _ in heads:
+                for head in heads:
                     if self.delay:
                         time.sleep(self.delay)
+                    body = self.body_for(head.split(b" ", 2)[1].decode())
                     try:
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nshadow")
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     except OSError:
                         return
 
@@ -102,7 +107,7 @@ def stopped(pid):
     tasks = os.listdir("/proc/%d/task" % pid)
     for t in tasks:
         with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
-            if f.read().rsplit(")", 1)[1].split()[0] != "T":
+            if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):  # t: stopped under strace
                 return False
     return True
 
@@ -235,3 +240,55 @@ def test_pipelined_copies_with_bodies_stay_faithful(procs, peers):
         assert len(recs) == 1, (i, recs)
         assert recs[0]["target"] == "/p/%d" % i
         assert record_body(recs[0]) == body, i
+
+
+def tracing(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+@pytest.mark.timeout(60)
+def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
+    """Answers are discarded, so umbra need not wake for each: once a batch of
+    pipelined requests is out, it reads their answers in one go even when the
+    shadow writes them one by one, 5 ms apart."""
+    shadow = shadow_factory(delay=0.005, body_for=lambda target: b"shadow-answer")
+    n = 12
+    log = tmp_path / "read.strace"
+    b = procs.backend()
+    u = procs.umbra(mirror_config(b, {"shadow": {"endpoints": [shadow.addr], "timeout": "60s"}},
+                                  [{"cluster": "shadow"}], workers=1))
+    clients = [Client(u.port) for _ in range(n)]
+    tracer = None
+    try:
+        for i, c in enumerate(clients):
+            assert c.request("GET", "/warm/%d" % i).status == 200
+        assert wait_outcomes(u, n) == {"completed": n}
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "4096", "-e", "trace=read", "-o", str(log),
+                                   "-p", str(u.pid)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: tracing(u.pid), what="strace to attach")
+        burst(u, clients, "burst")
+        assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
+    finally:
+        if tracer:
+            tracer.terminate()
+            tracer.wait(10)
+        for c in clients:
+            c.close()
+    answers = [len(re.findall(r"shadow-answer", line)) for line in log.read_text().splitlines()]
+    answers = [a for a in answers if a]
+    assert sum(answers) == n, answers
+    # written 5 ms apart, each would be a read of its own if umbra woke per answer
+    assert len(answers) <= 3, "%d reads for %d answers: %s" % (len(answers), n, answers)
+
+
+@pytest.mark.timeout(60)
+def test_answers_smaller_than_any_before_still_complete(procs, shadow_factory):
+    """The batch's wake-up mark is made from the smallest answer seen so far;
+    answers much smaller than that never reach it, and must still be read and
+    counted completed (by the copy's deadline at the latest), not time out."""
+    shadow = shadow_factory(body_for=lambda target: b"x" * 4000 if target.startswith("/warm") else b"")
+    u, _ = run_burst(procs, shadow, 12, {"timeout": "2s"})
+    assert u.metrics().sum("umbra_mirror_requests_total", outcome="failed_timeout") == 0
