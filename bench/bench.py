@@ -377,8 +377,7 @@ def start_umbra_echo(ctx, role, cpu=LOAD_CPU):
 def start_python_shadow(ctx, mode):
     addr = ctx.free_addr()
     ctx.start(f"shadow-{mode}", [sys.executable, BENCH / "shadow.py", "--mode", mode,
-                                 "--listen", addr, "--delay", SLOW_SHADOW_DELAY],
-              LOAD_CPU)
+                                 "--listen", addr], LOAD_CPU)
     ctx.wait_tcp(addr, f"{mode} shadow")
     return addr
 
@@ -389,10 +388,24 @@ PRIMARIES = {
     "umbra-echo": start_umbra_echo,
 }
 
+
+def start_umbra_collect(ctx, role, delay):
+    """umbra's own shadow collector, its records thrown away, answering each
+    request after `delay` seconds: a slow shadow that costs the load core
+    little while it holds thousands of copies (a Python one would compete with
+    wrk and the primary for that core and skew every figure of the run)."""
+    ctx.need_umbra()
+    addr = ctx.free_addr()
+    ctx.start(role, [ctx.umbra, "collect", "--listen", addr, "--out", "/dev/null",
+                     "--delay", f"{delay * 1000:.0f}ms"], LOAD_CPU)
+    ctx.wait_http(addr, role)
+    return addr
+
+
 # name -> start(ctx) -> address of a running shadow.
 SHADOWS = {
     "fast": lambda ctx: start_nginx_return(ctx, "shadow-fast"),
-    "slow": lambda ctx: start_python_shadow(ctx, "slow"),
+    "slow": lambda ctx: start_umbra_collect(ctx, "shadow-slow", SLOW_SHADOW_DELAY),
     "blackhole": lambda ctx: start_python_shadow(ctx, "blackhole"),
 }
 
@@ -650,6 +663,8 @@ def measure(bench, ctx, target):
     proxy = target.proxy
     cpu_figures(row, "proxy", used[f"{proxy.role}#{proxy.pid}"] if proxy else None, n, secs)
     cpu_figures(row, "primary", used[f"primary#{bench.primary_proc.pid}"], n, secs)
+    shadows = [k for k in ours if k.startswith("shadow-")]
+    cpu_figures(row, "shadow", sum(used[k] for k in shadows) if shadows else None, n, secs)
     # The load generator: wrk, or the handshake client (reaped like wrk).
     cpu_figures(row, "client" if handshakes else "wrk", wrk_ticks, n, secs)
     # Kernel work for loopback that no process is charged with lands here
