@@ -96,6 +96,7 @@ class Settings:
     wrk_timeout: int
     scenarios: list
     primary: str
+    proxy_cpus: float  # 0: the proxy has all of PROXY_CPU; else a CFS quota of that share
     umbra: Path
     out: Path
     keep: bool
@@ -119,6 +120,13 @@ class Settings:
         primary = os.environ.get("BENCH_PRIMARY", "nginx").strip() or "nginx"
         if primary not in PRIMARIES:
             sys.exit(f"bench: BENCH_PRIMARY must be one of {', '.join(PRIMARIES)}")
+        raw_cpus = os.environ.get("BENCH_PROXY_CPUS", "").strip()
+        try:
+            proxy_cpus = float(raw_cpus) if raw_cpus else 0.0
+        except ValueError:
+            sys.exit(f"bench: BENCH_PROXY_CPUS={raw_cpus!r} is not a number")
+        if not 0.0 <= proxy_cpus < 1.0:
+            sys.exit("bench: BENCH_PROXY_CPUS must be a share of one core below 1 (e.g. 0.5), or 0")
         out = os.environ.get("BENCH_OUT", "").strip()
         tls_key = os.environ.get("BENCH_TLS_KEY", "").strip() or "rsa2048"
         if tls_key not in TLS_KEYS:
@@ -132,6 +140,7 @@ class Settings:
             wrk_timeout=env_int("BENCH_WRK_TIMEOUT", 2),
             scenarios=picked,
             primary=primary,
+            proxy_cpus=proxy_cpus,
             umbra=Path(os.environ.get("BENCH_UMBRA", "") or ROOT / "build" / "umbra"),
             out=Path(out) if out else ROOT / "build" / "bench" / "results.json",
             keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
@@ -170,11 +179,51 @@ class Proc:
         return "\n".join("    " + line for line in text[-lines:]) or "    (empty log)"
 
 
-class Procs:
-    """Every process this run started, so that exit kills each one by PID."""
+class CpuQuota:
+    """A cgroup whose processes together get `cores` of one CPU: a CFS quota
+    per 10 ms period (short, so a throttled proxy stalls for milliseconds,
+    not for a tenth of a second). cgroup v2 when the cpu controller is there,
+    else v1's cpu hierarchy. Needs root."""
 
-    def __init__(self):
+    PERIOD_US = 10000
+
+    def __init__(self, cores):
+        quota = max(1000, int(cores * self.PERIOD_US))
+        name = f"umbra-bench-{os.getpid()}"
+        v2 = Path("/sys/fs/cgroup")
+        v1 = Path("/sys/fs/cgroup/cpu")
+        try:
+            controllers = v2 / "cgroup.controllers"
+            if controllers.exists() and "cpu" in controllers.read_text().split():
+                (v2 / "cgroup.subtree_control").write_text("+cpu")
+                self.dir = v2 / name
+                self.dir.mkdir()
+                (self.dir / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            else:
+                self.dir = v1 / name
+                self.dir.mkdir()
+                (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
+        except OSError as e:
+            sys.exit(f"bench: BENCH_PROXY_CPUS needs a writable cgroup cpu controller (root): {e}")
+
+    def add(self, pid):
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def remove(self):
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
+
+
+class Procs:
+    """Every process this run started, so that exit kills each one by PID.
+    With a quota, whatever runs on PROXY_CPU (the proxy) is held to it."""
+
+    def __init__(self, quota=None):
         self.procs = []
+        self.quota = quota
 
     def start(self, role, argv, cpu, cwd):
         log = Path(cwd) / f"{role}.log"
@@ -185,6 +234,8 @@ class Procs:
                 cwd=cwd, preexec_fn=_die_with_parent)
         proc = Proc(role, popen, log)
         self.procs.append(proc)
+        if self.quota and cpu == PROXY_CPU:
+            self.quota.add(popen.pid)
         return proc
 
     def stop(self, procs):
@@ -736,7 +787,8 @@ def umbra_mirror_outcomes(proc):
 class Bench:
     def __init__(self, settings):
         self.settings = settings
-        self.procs = Procs()
+        self.quota = CpuQuota(settings.proxy_cpus) if settings.proxy_cpus else None
+        self.procs = Procs(self.quota)
         self.tmp = Path(tempfile.mkdtemp(prefix="umbra-bench-"))
         self.primary_addr = None
         self.primary_proc = None
@@ -832,6 +884,8 @@ class Bench:
 
     def cleanup(self):
         self.procs.stop_all()
+        if self.quota:
+            self.quota.remove()
         if self.settings.keep or self.failed:
             print(f"bench: kept logs and configs in {self.tmp}")
         else:
@@ -923,6 +977,8 @@ def print_requests(settings, names, medians, results):
           f"{settings.connections} keep-alive connections, wrk 1 thread; "
           f"proxy on CPU {PROXY_CPU}, wrk + backends on CPU {LOAD_CPU}; "
           f"primary: {settings.primary}"
+          + (f"; proxy held to {settings.proxy_cpus:g} of CPU {PROXY_CPU} (CFS quota)"
+             if settings.proxy_cpus else "")
           + (f"; TLS: {TLS_KEYS[settings.tls_key][0]} certificate" if tls else ""))
     head = (f"{'scenario':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
             f"{'proxy us/req':>14}{'proxy CPU':>11}{'primary us/req':>16}{'other CPU':>11}"
@@ -1012,7 +1068,7 @@ def meta(settings):
         "runs": settings.runs, "seconds": settings.seconds,
         "connections": settings.connections, "warmup_seconds": settings.warmup,
         "wrk_threads": settings.threads, "wrk_timeout_seconds": settings.wrk_timeout,
-        "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU,
+        "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU, "proxy_cpus": settings.proxy_cpus,
         "primary": settings.primary,
         "tls_certificate": TLS_KEYS[settings.tls_key][0],
         "tls_handshake_concurrency": settings.tls_concurrency,
