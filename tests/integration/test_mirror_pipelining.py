@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from harness import Client, build_request, chunked, wait_until
+from harness import Client, build_request, chunked, make_config, wait_until
 from shadows import header_values, mirror_config, peers, record_body, wait_outcomes  # noqa: F401
 
 
@@ -292,3 +292,36 @@ def test_answers_smaller_than_any_before_still_complete(procs, shadow_factory):
     shadow = shadow_factory(body_for=lambda target: b"x" * 4000 if target.startswith("/warm") else b"")
     u, _ = run_burst(procs, shadow, 12, {"timeout": "2s"})
     assert u.metrics().sum("umbra_mirror_requests_total", outcome="failed_timeout") == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_cluster_that_is_also_a_primary_reads_its_answers_at_once(procs, shadow_factory):
+    """A shadow connection goes back to the pool with its wake-up mark raised
+    for a whole batch of answers; a primary request that reuses it expects one
+    answer and must not wait for more bytes than that."""
+    shadow = shadow_factory(body_for=lambda target: b"shared-answer")
+    b = procs.backend()
+    n = 6
+    cfg = make_config(
+        {"primary": [b], "shared": {"endpoints": [shadow.addr], "timeout": "3s", "connect_timeout": "250ms"}},
+        routes=[{"name": "direct", "match": {"prefix": "/direct"}, "cluster": "shared"},
+                {"name": "api", "match": {"prefix": "/"}, "cluster": "primary",
+                 "mirrors": [{"cluster": "shared"}]}],
+        workers=1)
+    u = procs.umbra(cfg)
+    clients = [Client(u.port) for _ in range(n)]
+    try:
+        for i, c in enumerate(clients):
+            assert c.request("GET", "/warm/%d" % i).status == 200
+        assert wait_outcomes(u, n, cluster="shared") == {"completed": n}
+        burst(u, clients, "burst")
+        assert wait_outcomes(u, 2 * n, timeout=20, cluster="shared") == {"completed": 2 * n}
+    finally:
+        for c in clients:
+            c.close()
+    opened = u.metrics().sum("umbra_upstream_connections_total", cluster="shared")
+    with Client(u.port, timeout=10) as c:
+        r = c.request("GET", "/direct/after-the-batch")
+        assert r.status == 200, r
+    # it rode a pooled shadow connection (the batch's, most recently used)
+    assert u.metrics().sum("umbra_upstream_connections_total", cluster="shared") == opened
