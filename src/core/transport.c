@@ -34,8 +34,6 @@ static void plain_close(struct transport *t)
 static const struct transport_ops plain_ops = {plain_read, plain_writev, plain_shutdown,
                                                plain_close};
 
-bool transport_is_plain(const struct transport *t) { return t->ops == &plain_ops; }
-
 void transport_plain(struct transport *t, int fd)
 {
     t->ops = &plain_ops;

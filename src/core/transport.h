@@ -7,7 +7,6 @@
 #ifndef UMBRA_TRANSPORT_H
 #define UMBRA_TRANSPORT_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -37,9 +36,6 @@ struct transport {
 
 /** Makes t a plain TCP transport over fd (fd is owned by t from now on). */
 void transport_plain(struct transport *t, int fd);
-
-/** True for plain TCP: what the kernel queues is what a read returns. */
-bool transport_is_plain(const struct transport *t);
 
 static inline ssize_t transport_read(struct transport *t, void *buf, size_t len)
 {

@@ -17,6 +17,7 @@
 #include "http/h1.h"
 #include "mirror/scrub.h"
 #include "mirror/select.h"
+#include "tls/tls_transport.h"
 #include "upstream/forward.h"
 #include "upstream/h1_request.h"
 #include "upstream/pool.h"
@@ -292,7 +293,7 @@ static void ch_remove(struct mcopy *mc, enum mirror_outcome o)
 static void ch_wake_at(struct schan *ch)
 {
     struct upconn *u = ch->up;
-    if (!transport_is_plain(&u->tr)) return; /* TLS may hold decrypted bytes itself */
+    if (transport_is_tls(&u->tr)) return; /* TLS may hold decrypted bytes itself */
     uint64_t want = 1;
     if (u->out.bytes == 0 && ch->last && mc_whole(ch->last) && ch->pool->shadow_answer_min) {
         uint64_t min = ch->pool->shadow_answer_min;
