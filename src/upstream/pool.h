@@ -44,6 +44,7 @@ struct upconn {
     void *owner;
     bool reused; /* this request is not the connection's first */
     bool want_write;
+    bool out_blocked;  /* the last write met EAGAIN: only writability retries */
     unsigned rcvlowat; /* the socket's SO_RCVLOWAT; 0 and 1 mean the default */
     struct upconn *idle_prev, *idle_next;
 };

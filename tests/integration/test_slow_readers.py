@@ -1,6 +1,7 @@
 """A client that stops reading its response (slowhttptest -X, slow read) may
 pin only a bounded amount of response with umbra, and costs it no write
-attempts while its socket is full. Bounded: connection_buffer in umbra's queue and about as
+attempts while its socket is full; nor does an upstream that stops reading
+a request body. Bounded: connection_buffer in umbra's queue and about as
 much unsent in the kernel; without a bound on the kernel's side Linux
 autotunes the client socket's send buffer up to tcp_wmem's maximum (4 MiB)
 and umbra copies MiBs of every slow reader's response into kernel memory.
@@ -9,6 +10,7 @@ trying again for every chunk the upstream delivers."""
 
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import time
 import pytest
 
 from harness import build_request, make_config, wait_until
+from shadows import peers  # noqa: F401  (fixture)
 
 KIB = 1 << 10
 MB = 1 << 20
@@ -126,6 +129,59 @@ def test_a_full_client_socket_is_not_written_again_until_writable(procs, tmp_pat
         s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
         wait_until(lambda: bytes_sent(u) > 0, what="the response to start")
         settled(u)
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+        if s:
+            s.close()
+    failed = [line for line in log.read_text().splitlines() if "EAGAIN" in line]
+    # One EAGAIN when the socket fills; any more is a write umbra knew would fail.
+    assert len(failed) <= 2, "%d writev calls met EAGAIN on a socket not yet writable again:\n%s" % (
+        len(failed), "\n".join(failed[:5]))
+
+
+def send_until_stalled(sock, data, quiet_s=0.5, limit_s=10):
+    """Sends what the peer takes; returns the byte count once nothing more
+    went out for quiet_s (the peer stopped reading)."""
+    sock.setblocking(False)
+    sent, last = 0, time.monotonic()
+    deadline = last + limit_s
+    while sent < len(data) and time.monotonic() < deadline:
+        _, writable, _ = select.select([], [sock], [], 0.05)
+        if writable:
+            try:
+                n = sock.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                n = 0
+            if n:
+                sent += n
+                last = time.monotonic()
+                continue
+        if time.monotonic() - last >= quiet_s:
+            break
+    return sent
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_a_full_upstream_socket_is_not_written_again_until_writable(procs, peers, tmp_path):
+    # An upstream that takes the request head and then (almost) no more: its
+    # receive window closes and umbra's socket to it fills. umbra goes on
+    # reading the client's body until 256 KiB are queued, 16 chunks.
+    stuck = peers.fault("tinywindow", rcvbuf=1024, interval=60)
+    u = procs.umbra(make_config({"primary": [stuck.addr]}, workers=1,
+                                limits={"connection_buffer": "256KiB", "body_timeout": "30s"}))
+    log = tmp_path / "writev.strace"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=writev", "-e", "status=failed",
+                               "-o", str(log), "-p", str(u.pid)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s = None
+    try:
+        wait_until(lambda: tracing(u.pid), what="strace to attach")
+        s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
+        body = os.urandom(8 * MB)
+        s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
+        sent = send_until_stalled(s, body)
+        assert 256 * KIB <= sent < len(body), "the client sent %d bytes before umbra stopped reading" % sent
     finally:
         tracer.terminate()
         tracer.wait(10)
