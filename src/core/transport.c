@@ -40,4 +40,5 @@ void transport_plain(struct transport *t, int fd)
     t->fd = fd;
     t->wants = 0;
     t->impl = NULL;
+    t->write_blocked = false;
 }

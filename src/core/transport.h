@@ -7,6 +7,8 @@
 #ifndef UMBRA_TRANSPORT_H
 #define UMBRA_TRANSPORT_H
 
+#include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -32,6 +34,9 @@ struct transport {
     int fd;
     int wants;  /* TRANSPORT_WANT_* the transport itself needs next (0 for plain TCP) */
     void *impl; /* the implementation's state (e.g. SSL *), owned by it */
+    /* A write met EAGAIN: until the owner sees the socket writable again
+     * (transport_writable), writes fail at once without a syscall. */
+    bool write_blocked;
 };
 
 /** Makes t a plain TCP transport over fd (fd is owned by t from now on). */
@@ -41,10 +46,18 @@ static inline ssize_t transport_read(struct transport *t, void *buf, size_t len)
 {
     return t->ops->read(t, buf, len);
 }
+/* After EAGAIN, a writev before the socket is writable again fails again:
+ * one wasted syscall for every chunk a fast sender hands a peer that reads
+ * slowly or not at all. The owner keeps its write watcher on meanwhile. */
 static inline ssize_t transport_writev(struct transport *t, const struct iovec *iov, int n)
 {
-    return t->ops->writev(t, iov, n);
+    if (t->write_blocked) return -EAGAIN;
+    ssize_t w = t->ops->writev(t, iov, n);
+    if (w == -EAGAIN) t->write_blocked = true;
+    return w;
 }
+/** The owner's write watcher fired (or TLS wants what fired): writes may go on. */
+static inline void transport_writable(struct transport *t) { t->write_blocked = false; }
 static inline void transport_shutdown(struct transport *t) { t->ops->shutdown(t); }
 static inline void transport_close(struct transport *t) { t->ops->close(t); }
 

@@ -71,8 +71,7 @@ struct h1s {
 
     enum h1s_resp_framing rs_kind;
     bool resp_started, keep_alive, client_10, draining, linger;
-    bool peer_eof;    /* the client half-closed after its request */
-    bool out_blocked; /* the last write met EAGAIN: only writability retries */
+    bool peer_eof; /* the client half-closed after its request */
     int status;
     unsigned requests;
     ev_tstamp req_start;
@@ -745,20 +744,12 @@ void h1s_resume_body(struct h1s *c)
 
 static void h1s_flush(struct h1s *c)
 {
-    /* After EAGAIN only the socket's writability (h1s_io_cb) retries: a
-     * writev before that fails again, one wasted syscall for every chunk a
-     * fast upstream hands a client that reads slowly or not at all. The
-     * write watcher is on meanwhile (out.bytes > 0) and so is send_timer. */
-    if (c->out_blocked) return;
     bool progress = false;
     while (c->out.bytes) {
         struct iovec iov[IOV_MAX_BATCH];
         int n = bufq_iov(&c->out, iov, IOV_MAX_BATCH);
         ssize_t w = transport_writev(&c->tr, iov, n);
-        if (w == -EAGAIN) {
-            c->out_blocked = true;
-            break;
-        }
+        if (w == -EAGAIN) break; /* h1s_io_cb retries once writable (transport.h) */
         if (w < 0) {
             h1s_close(c);
             return;
@@ -840,7 +831,7 @@ static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     if ((revents & EV_WRITE) && (c->tr.wants & TRANSPORT_WANT_WRITE)) revents |= EV_READ;
     if ((revents & EV_READ) && (c->tr.wants & TRANSPORT_WANT_READ)) revents |= EV_WRITE;
     if (revents & EV_WRITE) {
-        c->out_blocked = false;
+        transport_writable(&c->tr);
         h1s_flush(c);
     }
     if (c->state != H1S_CLOSED && (revents & EV_READ)) h1s_read(c);

@@ -413,6 +413,7 @@ static struct tls_conn *conn_new(struct transport *t, int fd, SSL_CTX *ctx, stru
     t->fd = fd;
     t->wants = 0;
     t->impl = c;
+    t->write_blocked = false;
     return c;
 }
 

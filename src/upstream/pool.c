@@ -90,8 +90,6 @@ static struct upconn *take_idle(struct pool *p, size_t ep)
     ev_io_stop(pool_loop(p), &u->io);
     u->state = UP_ACTIVE;
     u->reused = true;
-    u->want_write = false;
-    u->out_blocked = false;
     return u;
 }
 
@@ -160,19 +158,11 @@ struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *
 
 ssize_t upconn_write(struct upconn *u, struct bufq *keep)
 {
-    /* After EAGAIN only writability (upconn_cb) retries: a writev before
-     * that fails again, a wasted syscall for every body chunk a client hands
-     * an upstream that reads slowly or not at all. The owner keeps the write
-     * watcher on while out.bytes > 0. */
-    if (u->out_blocked) return 0;
     while (u->out.bytes) {
         struct iovec iov[64];
         int n = bufq_iov(&u->out, iov, 64);
         ssize_t w = transport_writev(&u->tr, iov, n);
-        if (w == -EAGAIN) {
-            u->out_blocked = true;
-            break;
-        }
+        if (w == -EAGAIN) break; /* upconn_cb retries once writable (transport.h) */
         if (w < 0) return w;
         bufq_consume(&u->out, (size_t)w, keep);
     }
@@ -278,7 +268,7 @@ static void upconn_cb(struct ev_loop *loop, ev_io *io, int revents)
         /* TLS may need the other readiness to go on (tr.wants): retry both sides. */
         if ((revents & EV_WRITE) && (u->tr.wants & TRANSPORT_WANT_WRITE)) revents |= EV_READ;
         if ((revents & EV_READ) && (u->tr.wants & TRANSPORT_WANT_READ)) revents |= EV_WRITE;
-        if (revents & EV_WRITE) u->out_blocked = false;
+        if (revents & EV_WRITE) transport_writable(&u->tr);
         u->ops->io(u->owner, revents);
         return;
     case UP_IDLE: {

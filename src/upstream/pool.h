@@ -42,9 +42,7 @@ struct upconn {
     struct bufq out;
     const struct upconn_ops *ops; /* while CONNECTING or ACTIVE */
     void *owner;
-    bool reused; /* this request is not the connection's first */
-    bool want_write;
-    bool out_blocked;  /* the last write met EAGAIN: only writability retries */
+    bool reused;       /* this request is not the connection's first */
     unsigned rcvlowat; /* the socket's SO_RCVLOWAT; 0 and 1 mean the default */
     struct upconn *idle_prev, *idle_next;
 };
