@@ -149,7 +149,6 @@ int fwd_start(struct stream *s)
                         s->cluster->name, upstream_error_name(err));
         return status_for(err);
     }
-    upconn_set_rcvlowat(s->up, 1); /* a cluster that is also a shadow may have raised it */
     STAT_INC(s->cst->requests);
     s->replayable = s->up->reused;
     h1_write_request_head(&s->up->out, &s->req, NULL);

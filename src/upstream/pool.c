@@ -202,6 +202,9 @@ void pool_release(struct upconn *u, bool keep)
     }
     u->state = UP_IDLE;
     u->reused = false;
+    /* A shadow's raised mark would hide junk from the idle watch below and
+     * stall whoever takes the connection next expecting one answer. */
+    upconn_set_rcvlowat(u, 1);
     ibuf_free(&u->in);
     bufq_clear(&u->out);
     u->idle_prev = NULL;

@@ -93,8 +93,8 @@ void pool_free(struct pool *p);
 struct upconn *pool_acquire(struct pool *p, const struct upconn_ops *ops, void *owner, bool fresh,
                             enum upstream_error *err);
 /** Sets the socket's SO_RCVLOWAT (a read event only once that many bytes
- *  wait; an end or error still wakes at once); a system call only when the
- *  value changes. */
+ *  wait; an end or error still wakes at once) for the current owner; a
+ *  system call only when the value changes. pool_release puts it back to 1. */
 void upconn_set_rcvlowat(struct upconn *u, unsigned bytes);
 /** The stream is done with u: back to the idle list when keep and allowed,
  *  otherwise closed. */
