@@ -638,6 +638,13 @@ void shadow_detach(struct stream *s)
 
 /* ---- the shadow's answers, read and discarded in order ---- */
 
+/* n bytes of the answer being read are taken off the input. */
+static void ch_consume(struct schan *ch, size_t n)
+{
+    ch->up->in.rpos += n;
+    ch->rbytes += n;
+}
+
 /* The first copy's answer ended. False when the channel is gone. */
 static bool response_done(struct schan *ch)
 {
@@ -662,8 +669,7 @@ static int discard_head(struct schan *ch, const char *p, size_t len)
         ch_fail(ch, MO_FAILED_PROTOCOL, true);
         return -1;
     }
-    ch->up->in.rpos += hr.head_len;
-    ch->rbytes += hr.head_len;
+    ch_consume(ch, hr.head_len);
     h1_parser_reset(&ch->rparser);
     if (hr.status < 200) return 0;
     if (!hr.keep_alive) ch->poisoned = true; /* copies behind this one will see the close */
@@ -703,14 +709,12 @@ static bool discard_input(struct schan *ch)
             continue;
         }
         if (ch->rstate == FWD_RESP_CLOSE) {
-            ch->rbytes += len;
-            u->in.rpos = u->in.wpos;
+            ch_consume(ch, len);
             return true;
         }
         if (ch->rstate == FWD_RESP_LENGTH) {
             size_t n = len < ch->rremaining ? len : (size_t)ch->rremaining;
-            u->in.rpos += n;
-            ch->rbytes += n;
+            ch_consume(ch, n);
             if ((ch->rremaining -= n) == 0 && !response_done(ch)) return false;
             continue;
         }
@@ -721,8 +725,7 @@ static bool discard_input(struct schan *ch)
             ch_fail(ch, MO_FAILED_PROTOCOL, true);
             return false;
         }
-        u->in.rpos += consumed;
-        ch->rbytes += consumed;
+        ch_consume(ch, consumed);
         if (rc == H1_CHUNK_DONE) {
             if (!response_done(ch)) return false;
             continue;
