@@ -7,6 +7,7 @@ Prometheus text parser, a small YAML writer and wait_until(). It knows nothing
 about pytest, so it can be used from a Python prompt against any binary.
 """
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -33,6 +34,36 @@ def wait_until(pred, timeout=5.0, interval=0.02, what=None):
         if time.monotonic() >= deadline:
             raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what or getattr(pred, "__name__", pred)))
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------- strace
+
+def traced(pid):
+    """True once every thread of pid is under a tracer."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            if "TracerPid:\t0\n" in f.read():
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def strace(pid, log, syscall, failed_only=False, string_bytes=None):
+    """Writes pid's `syscall` calls (all threads) to `log` for the with-block:
+    attached before the block runs, detached after it."""
+    argv = ["strace", "-f", "-qq", "-e", "trace=" + syscall]
+    if failed_only:
+        argv += ["-e", "status=failed"]
+    if string_bytes:
+        argv += ["-s", str(string_bytes)]
+    tracer = subprocess.Popen(argv + ["-o", str(log), "-p", str(pid)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: traced(pid), what="strace to attach")
+        yield
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
 
 
 # ---------------------------------------------------------------- YAML

@@ -13,14 +13,13 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from harness import Client, build_request, chunked, make_config, wait_until
-from shadows import header_values, mirror_config, peers, record_body, wait_outcomes  # noqa: F401
+from harness import Client, build_request, chunked, make_config, strace, wait_until
+from shadows import mirror_config, peers, record_body, wait_outcomes  # noqa: F401  (peers: fixture)
 
 
 class RecordingShadow:
@@ -242,11 +241,6 @@ def test_pipelined_copies_with_bodies_stay_faithful(procs, peers):
         assert record_body(recs[0]) == body, i
 
 
-def tracing(pid):
-    with open("/proc/%d/status" % pid) as f:
-        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
-
-
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
 @pytest.mark.timeout(60)
 def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
@@ -260,21 +254,14 @@ def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
     u = procs.umbra(mirror_config(b, {"shadow": {"endpoints": [shadow.addr], "timeout": "60s"}},
                                   [{"cluster": "shadow"}], workers=1))
     clients = [Client(u.port) for _ in range(n)]
-    tracer = None
     try:
         for i, c in enumerate(clients):
             assert c.request("GET", "/warm/%d" % i).status == 200
         assert wait_outcomes(u, n) == {"completed": n}
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "4096", "-e", "trace=read", "-o", str(log),
-                                   "-p", str(u.pid)], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: tracing(u.pid), what="strace to attach")
-        burst(u, clients, "burst")
-        assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
+        with strace(u.pid, log, "read", string_bytes=4096):
+            burst(u, clients, "burst")
+            assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
     finally:
-        if tracer:
-            tracer.terminate()
-            tracer.wait(10)
         for c in clients:
             c.close()
     answers = [len(re.findall(r"shadow-answer", line)) for line in log.read_text().splitlines()]

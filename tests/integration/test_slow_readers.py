@@ -13,12 +13,11 @@ import os
 import select
 import shutil
 import socket
-import subprocess
 import time
 
 import pytest
 
-from harness import build_request, make_config, wait_until
+from harness import build_request, make_config, strace, wait_until
 from shadows import peers  # noqa: F401  (fixture)
 
 KIB = 1 << 10
@@ -103,15 +102,6 @@ def test_fast_reader_after_slow_reader_still_gets_everything(procs):
         s.close()
 
 
-def tracing(pid):
-    """True once every thread of pid is stopped under a tracer."""
-    for tid in os.listdir("/proc/%d/task" % pid):
-        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
-            if "TracerPid:\t0\n" in f.read():
-                return False
-    return True
-
-
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
 def test_a_full_client_socket_is_not_written_again_until_writable(procs, tmp_path):
     b = procs.backend("b1")
@@ -120,20 +110,19 @@ def test_a_full_client_socket_is_not_written_again_until_writable(procs, tmp_pat
     u = procs.umbra(make_config({"primary": [b]}, workers=1,
                                 limits={"connection_buffer": "256KiB", "send_timeout": "30s"}))
     log = tmp_path / "writev.strace"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=writev", "-e", "status=failed",
-                               "-o", str(log), "-p", str(u.pid)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     s = None
     try:
-        wait_until(lambda: tracing(u.pid), what="strace to attach")
-        s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
-        wait_until(lambda: bytes_sent(u) > 0, what="the response to start")
-        settled(u)
+        with strace(u.pid, log, "writev", failed_only=True):
+            s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
+            wait_until(lambda: bytes_sent(u) > 0, what="the response to start")
+            settled(u)
     finally:
-        tracer.terminate()
-        tracer.wait(10)
         if s:
             s.close()
+    assert_no_blind_writes(log)
+
+
+def assert_no_blind_writes(log):
     failed = [line for line in log.read_text().splitlines() if "EAGAIN" in line]
     # One EAGAIN when the socket fills; any more is a write umbra knew would fail.
     assert len(failed) <= 2, "%d writev calls met EAGAIN on a socket not yet writable again:\n%s" % (
@@ -171,23 +160,15 @@ def test_a_full_upstream_socket_is_not_written_again_until_writable(procs, peers
     u = procs.umbra(make_config({"primary": [stuck.addr]}, workers=1,
                                 limits={"connection_buffer": "256KiB", "body_timeout": "30s"}))
     log = tmp_path / "writev.strace"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=writev", "-e", "status=failed",
-                               "-o", str(log), "-p", str(u.pid)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     s = None
     try:
-        wait_until(lambda: tracing(u.pid), what="strace to attach")
-        s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
-        body = os.urandom(8 * MB)
-        s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
-        sent = send_until_stalled(s, body)
-        assert 256 * KIB <= sent < len(body), "the client sent %d bytes before umbra stopped reading" % sent
+        with strace(u.pid, log, "writev", failed_only=True):
+            s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
+            body = os.urandom(8 * MB)
+            s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
+            sent = send_until_stalled(s, body)
+            assert 256 * KIB <= sent < len(body), "the client sent %d bytes before umbra stopped reading" % sent
     finally:
-        tracer.terminate()
-        tracer.wait(10)
         if s:
             s.close()
-    failed = [line for line in log.read_text().splitlines() if "EAGAIN" in line]
-    # One EAGAIN when the socket fills; any more is a write umbra knew would fail.
-    assert len(failed) <= 2, "%d writev calls met EAGAIN on a socket not yet writable again:\n%s" % (
-        len(failed), "\n".join(failed[:5]))
+    assert_no_blind_writes(log)
