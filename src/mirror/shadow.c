@@ -289,13 +289,15 @@ static void ch_remove(struct mcopy *mc, enum mirror_outcome o)
  * only when about all their answers are in (counted in the smallest answer
  * seen, the last one half in), and one read takes them together. Answers
  * smaller than any before may never reach the mark: a copy's deadline reads
- * what came before it fails. */
+ * what came before it fails. One answer alone has nothing to batch with, and
+ * is not worth the two setsockopt calls. */
 static void ch_wake_at(struct schan *ch)
 {
     struct upconn *u = ch->up;
     if (transport_is_tls(&u->tr)) return; /* TLS may hold decrypted bytes itself */
     uint64_t want = 1;
-    if (u->out.bytes == 0 && ch->last && mc_whole(ch->last) && ch->pool->shadow_answer_min) {
+    if (ch->ncopies > 1 && u->out.bytes == 0 && ch->last && mc_whole(ch->last) &&
+        ch->pool->shadow_answer_min) {
         uint64_t min = ch->pool->shadow_answer_min;
         uint64_t all = (uint64_t)ch->ncopies * min - min / 2;
         uint64_t have = ibuf_len(&u->in);
@@ -409,6 +411,24 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* ---- selection and start ---- */
 
+/* A shadow that holds most of max_pending has shown its pace. Past three
+ * quarters of it, copies start no faster than the shadow finishes them
+ * (max_pending over its latency, by Little's law), with a sixteenth of
+ * max_pending as burst. Unpaced, a shadow of steady latency frees its slots in
+ * the waves they were taken in: for a stretch every request pays for a copy,
+ * then none does, and that stretch sets production's p99. Paced, the cost is
+ * even and the shadow gets an even sample of the traffic. */
+static bool paced_out(struct pool *p, ev_tstamp now)
+{
+    unsigned max = p->cl->max_pending;
+    if (p->pending < max - max / 4 || !p->shadow_latency_known) return false;
+    double gap = p->shadow_latency / max;
+    double burst = gap * (max >= 32 ? max / 16 : 2);
+    if (p->pace_next - burst > now) return true;
+    p->pace_next = (p->pace_next > now ? p->pace_next : now) + gap;
+    return false;
+}
+
 /* Why a copy must not start, or MO_COMPLETED if it may. */
 static enum mirror_outcome admission(struct stream *s, const struct cfg_mirror *m, struct pool *p)
 {
@@ -420,6 +440,7 @@ static enum mirror_outcome admission(struct stream *s, const struct cfg_mirror *
     if (atomic_load_explicit(&stats_mirror_memory_bytes, memory_order_relaxed) >=
         (int64_t)cfg->mirror_memory)
         return MO_DROPPED_OVERFLOW;
+    if (paced_out(p, ev_now(s->w->loop))) return MO_DROPPED_OVERFLOW;
     if (!pool_breaker_allow(p, ev_now(s->w->loop))) return MO_DROPPED_CIRCUIT_OPEN;
     return MO_COMPLETED;
 }

@@ -65,6 +65,7 @@ struct pool {
     struct schan *batch;
     double shadow_latency; /* shadow.c: moving average of copy latency, seconds */
     bool shadow_latency_known;
+    ev_tstamp pace_next;        /* shadow.c: when a paced copy may start next */
     unsigned shadow_answer_min; /* shadow.c: bytes of the smallest answer seen, 0 before one */
 };
 

@@ -298,6 +298,58 @@ def test_max_pending_overflow_with_slow_shadow(procs, peers):
     assert st["requests"] == d["completed"], (st, d)
 
 
+def record_seconds(rec):
+    """The collector's arrival time of a copy (UTC, millisecond precision)."""
+    day, clock = rec["time"].rstrip("Z").split("T")
+    h, m, sec = clock.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+@pytest.mark.timeout(60)
+def test_a_full_slow_shadow_gets_an_even_sample_not_waves(procs, peers):
+    """A shadow of steady latency that holds max_pending frees its slots in
+    the waves they were taken in; unpaced, each wave is refilled by the next
+    requests at once, so the shadow gets bursts and production pays for a copy
+    on every request of a burst. Past three quarters of max_pending, copies
+    start no faster than the shadow finishes them: evenly spread."""
+    primary = peers.primary()
+    col = peers.collector(delay="300ms")
+    max_pending, latency = 32, 0.3
+    cfg = mirror_config(primary, {"shadow": {"endpoints": [col.addr], "timeout": "5s",
+                                             "max_pending": max_pending, "pipeline": 1}},
+                        [{"cluster": "shadow"}], workers=1)
+    u = procs.umbra(cfg)
+    # steady load for at least eight latencies (rounds of 2000 requests,
+    # however fast this machine serves them)
+    started, sent = time.monotonic(), 0
+    while time.monotonic() - started < 8 * latency and sent < 40000:
+        res = run_load(u.port, 2000, threads=8, seconds=20, prefix="/load%d" % sent)
+        assert res.failed == 0, res
+        sent += 2000
+    took = time.monotonic() - started
+    # bursts need requests faster than the paced rate; the load is far above it
+    assert sent / took > 4 * max_pending / latency, "load too slow to tell: %.0f req/s" % (sent / took)
+    d = wait_outcomes(u, sent, timeout=20)
+    assert only(d, "completed", "dropped_overflow") == {}, d
+    times = sorted(record_seconds(r) for r in col.records())
+    assert len(times) == d["completed"], (len(times), d)
+    # Below three quarters of max_pending copies start freely, so each wave
+    # is refilled in part at once until the waves have flattened (measured:
+    # bursts of 32, 25, 20, then none from the fourth cycle on). From then on,
+    # how many copies reached the shadow within any 50 ms: paced, about 50 ms
+    # over the 9.4 ms gap plus a burst of 2; in waves, most of max_pending.
+    steady = [t for t in times if t >= times[0] + 4 * latency]
+    assert len(steady) >= 2 * max_pending, "too few copies to judge: %d of %d over %.1f s (%s)" % (
+        len(steady), len(times), took, d)
+    window, most, j = 0.050, 0, 0
+    for i, t in enumerate(steady):
+        while steady[j] < t - window:
+            j += 1
+        most = max(most, i - j + 1)
+    assert most <= max_pending // 2, "%d copies reached the shadow within 50 ms (of %d in flight at most)" % (
+        most, max_pending)
+
+
 def tinywindow_config(b, shadow, mirror, **top):
     return mirror_config(b, {"shadow": {"endpoints": [shadow], "timeout": "3s",
                                         "circuit_breaker": {"consecutive_failures": 0}}},

@@ -272,6 +272,33 @@ def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_lone_answer_costs_no_wake_up_mark(procs, shadow_factory, tmp_path):
+    """With one copy per connection (a slow shadow, or pipeline: 1) there is
+    no batch to wait for: raising the mark and putting it back would be two
+    setsockopt calls per copy for nothing."""
+    shadow = shadow_factory(body_for=lambda target: b"lone-answer")
+    n = 12
+    log = tmp_path / "setsockopt.strace"
+    b = procs.backend()
+    u = procs.umbra(mirror_config(b, {"shadow": {"endpoints": [shadow.addr], "timeout": "60s",
+                                                 "pipeline": 1}},
+                                  [{"cluster": "shadow"}], workers=1))
+    clients = [Client(u.port) for _ in range(n)]
+    try:
+        for i, c in enumerate(clients):
+            assert c.request("GET", "/warm/%d" % i).status == 200
+        assert wait_outcomes(u, n) == {"completed": n}
+        with strace(u.pid, log, "setsockopt"):
+            burst(u, clients, "burst")
+            assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
+    finally:
+        for c in clients:
+            c.close()
+    marks = [line for line in log.read_text().splitlines() if "SO_RCVLOWAT" in line]
+    assert marks == [], "%d SO_RCVLOWAT calls for %d lone copies: %s" % (len(marks), n, marks[:4])
+
+
+@pytest.mark.timeout(60)
 def test_answers_smaller_than_any_before_still_complete(procs, shadow_factory):
     """The batch's wake-up mark is made from the smallest answer seen so far;
     answers much smaller than that never reach it, and must still be read and
