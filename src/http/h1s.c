@@ -112,6 +112,8 @@ struct h1s *h1s_next(struct h1s *c) { return c->next; }
 
 size_t h1s_out_bytes(const struct h1s *c) { return c->out.bytes; }
 
+bool h1s_out_blocked(const struct h1s *c) { return c->tr.write_blocked; }
+
 static void h1s_free(void *obj)
 {
     struct h1s *c = obj;

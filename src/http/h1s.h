@@ -40,6 +40,8 @@ void h1s_response_error(struct h1s *c, int status);
 void h1s_flush_out(struct h1s *c);
 /** Bytes queued toward the client. */
 size_t h1s_out_bytes(const struct h1s *c);
+/** Did the client's socket refuse the last write (full, not yet writable)? */
+bool h1s_out_blocked(const struct h1s *c);
 /** The upstream queue drained: read the request body again. */
 void h1s_resume_body(struct h1s *c);
 

@@ -387,7 +387,12 @@ static void process_input(struct stream *s)
     if (!relay_body(s)) return;
     h1s_flush_out(s->ds);
     if (!s->up || !s->ds) return;
-    if (h1s_out_bytes(s->ds) > s->high_water) {
+    /* Read ahead a connection_buffer for a client that keeps up, a quarter of
+     * one for a client whose socket is full: a slow reader would otherwise
+     * cost a whole buffer read, copied and held, for bytes it may never take
+     * (h1s_flush resumes at a quarter either way). */
+    size_t queued = h1s_out_bytes(s->ds);
+    if (queued > s->high_water || (queued > s->high_water / 4 && h1s_out_blocked(s->ds))) {
         s->resp_paused = true;
         upconn_watch(s->up, false, s->up->out.bytes > 0);
     }

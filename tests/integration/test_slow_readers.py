@@ -106,7 +106,8 @@ def test_fast_reader_after_slow_reader_still_gets_everything(procs):
 def test_a_full_client_socket_is_not_written_again_until_writable(procs, tmp_path):
     b = procs.backend("b1")
     # A large buffer: after the client's socket is full umbra goes on reading
-    # the upstream until 256 KiB are queued, 16 reads of a 16 KiB chunk.
+    # the upstream until a quarter of it, 64 KiB, is queued: 4 reads of a
+    # 16 KiB chunk, none of which may be written at once.
     u = procs.umbra(make_config({"primary": [b]}, workers=1,
                                 limits={"connection_buffer": "256KiB", "send_timeout": "30s"}))
     log = tmp_path / "writev.strace"
@@ -120,6 +121,39 @@ def test_a_full_client_socket_is_not_written_again_until_writable(procs, tmp_pat
         if s:
             s.close()
     assert_no_blind_writes(log)
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_a_slow_reader_gets_a_quarter_buffer_read_ahead(procs, tmp_path):
+    """connection_buffer is what umbra reads ahead for a client that keeps
+    up. For one whose socket is full it reads ahead a quarter of that: each
+    slow reader would otherwise cost a whole buffer read from the upstream,
+    copied and held, for bytes it may never take."""
+    b = procs.backend("b1")
+    buffer = 256 * KIB
+    u = procs.umbra(make_config({"primary": [b]}, workers=1,
+                                limits={"connection_buffer": "256KiB", "send_timeout": "30s"}))
+    log = tmp_path / "read.strace"
+    s = None
+    before = bytes_sent(u)
+    try:
+        with strace(u.pid, log, "read"):
+            s = slow_reader(u.port, "/big", [("X-Backend-Mode", "big; size=%d" % (16 * MB))])
+            wait_until(lambda: bytes_sent(u) > before, what="the response to start")
+            sent = settled(u) - before
+    finally:
+        if s:
+            s.close()
+    # the upstream's response arrives in reads of a chunk or more; requests
+    # (the client's, the admin API's) are far smaller
+    got = [int(line.rsplit("=", 1)[1]) for line in log.read_text().splitlines()
+           if " = " in line and line.rsplit("=", 1)[1].strip().isdigit()]
+    read = sum(n for n in got if n >= 2048)
+    held = read - sent
+    # a quarter of the buffer, plus the read that crossed it (at most 80 KiB)
+    bound = buffer // 4 + 80 * KIB
+    assert held <= bound, "umbra read %d bytes ahead of a client that reads nothing (bound %d)" % (held, bound)
+    assert read > sent > 0, (read, sent)
 
 
 def assert_no_blind_writes(log):
