@@ -1,6 +1,8 @@
 /* pool — upstream connection management for one cluster on one worker. */
 #include "upstream/pool.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <errno.h>
@@ -93,6 +95,14 @@ static struct upconn *take_idle(struct pool *p, size_t ep)
     return u;
 }
 
+/* Unsent bytes the kernel may hold for an upstream. Linux autotunes a send
+ * buffer to MiBs on loopback, so an upstream that stops reading a request
+ * body would have umbra drain the client into kernel memory (measured: 1.7 MB
+ * for one stalled upload); with the bound the rest waits in umbra's own
+ * connection_buffer, which stops reading the client. Bytes in flight are not
+ * limited, so an upstream that keeps up gets the whole window. */
+#define UPSTREAM_NOTSENT_LOWAT (64 * 1024)
+
 static struct upconn *open_conn(struct pool *p, size_t ep, enum upstream_error *err)
 {
     const struct cfg_cluster *cl = p->cl;
@@ -102,6 +112,8 @@ static struct upconn *open_conn(struct pool *p, size_t ep, enum upstream_error *
         *err = UPERR_CONNECT_REFUSED;
         return NULL;
     }
+    int lowat = UPSTREAM_NOTSENT_LOWAT;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
     struct upconn *u = calloc(1, sizeof *u);
     if (!u) abort();
     u->pool = p;

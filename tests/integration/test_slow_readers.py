@@ -206,3 +206,34 @@ def test_a_full_upstream_socket_is_not_written_again_until_writable(procs, peers
         if s:
             s.close()
     assert_no_blind_writes(log)
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_a_stalled_upstream_gets_a_bounded_share_of_the_body_in_the_kernel(procs, peers, tmp_path):
+    """An upstream that stops reading a request body must not make umbra
+    drain the client into kernel memory: Linux autotunes the upstream socket's
+    send buffer to MiBs on loopback. Unsent bytes in the kernel are bounded
+    (TCP_NOTSENT_LOWAT), the rest waits in umbra's connection_buffer, which
+    stops reading the client."""
+    stuck = peers.fault("tinywindow", rcvbuf=1024, interval=60)
+    u = procs.umbra(make_config({"primary": [stuck.addr]}, workers=1,
+                                limits={"connection_buffer": "64KiB", "body_timeout": "30s"}))
+    log = tmp_path / "writev.strace"
+    s = None
+    try:
+        with strace(u.pid, log, "writev"):
+            s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
+            body = os.urandom(16 * MB)
+            s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
+            send_until_stalled(s, body)
+    finally:
+        if s:
+            s.close()
+    done = [int(line.rsplit("=", 1)[1]) for line in log.read_text().splitlines()
+            if " = " in line and line.rsplit("=", 1)[1].strip().isdigit()]
+    handed = sum(done)
+    # the request head, what the 1 KiB window took, and at most 128 KiB unsent
+    # plus one write's overshoot
+    bound = 256 * KIB
+    assert 0 < handed <= bound, "umbra handed %d bytes of the body to a stalled upstream's socket (bound %d)" % (
+        handed, bound)
