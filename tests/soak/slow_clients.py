@@ -53,6 +53,9 @@ ratios). Knobs (environment):
   BIG_BYTES=4194304                 response size the slow readers fetch
   RT=1                              SCHED_FIFO for umbra and the probe (above)
   LOOP=1                            trace umbra's epoll_wait calls with perf (above)
+  PROBE_CPU=1                       0 puts the probe and its echo on umbra's CPU, away from
+                                    the attacker: what the attack costs a normal client
+                                    through umbra, without the attacker's own CPU load
   KEEP_WORK=1                       keep the temp dir (logs, slowhttptest CSVs)
 """
 
@@ -445,7 +448,7 @@ def run_probe(work, url, window_s, cfg):
     out = subprocess.run(["wrk", "-t1", "-c%d" % cfg["probe_conns"], "-d%ds" % window_s, "--timeout", "2s",
                           "-s", os.path.join(work, "probe.lua"), url + "/probe"],
                          env=env, capture_output=True, text=True, timeout=window_s + 30,
-                         preexec_fn=placement(LOAD_CPU, cfg["rt"]))
+                         preexec_fn=placement(cfg["probe_cpu"], cfg["rt"]))
     m = re.search(r"^PROBE (\{.*\})$", out.stdout, re.M)
     if not m:
         raise RuntimeError("slow_clients: wrk said:\n" + out.stdout + out.stderr)
@@ -477,7 +480,8 @@ class Bench:
         work, cfg = self.work, self.cfg
         ports = {}
         for name in ("echo-probe", "echo-attack"):
-            self.procs.start(name, [self.umbra_bin, "echo", "--listen", "127.0.0.1:0"], LOAD_CPU,
+            self.procs.start(name, [self.umbra_bin, "echo", "--listen", "127.0.0.1:0"],
+                             cfg["probe_cpu"] if name == "echo-probe" else LOAD_CPU,
                              rt=cfg["rt"] and name == "echo-probe")
             ports[name] = wait_for(name, log_match(os.path.join(work, name + ".log"), r"listening on 127\.0\.0\.1:(\d+)"))
         for mode in ("backend", "control"):
@@ -661,7 +665,9 @@ def main():
                conns=env_int("ATTACK_CONNS", 2000), rate=env_int("ATTACK_RATE", 200),
                probe_conns=env_int("PROBE_CONNS", 4), delay_ms=env_int("PROBE_DELAY_MS", 2),
                max_conns=env_int("MAX_CONNECTIONS", 4096), big=env_int("BIG_BYTES", 4 << 20),
-               rt=env_int("RT", 1), loop=env_int("LOOP", 1))
+               rt=env_int("RT", 1), loop=env_int("LOOP", 1), probe_cpu=env_int("PROBE_CPU", LOAD_CPU))
+    if cfg["probe_cpu"] not in (UMBRA_CPU, LOAD_CPU):
+        sys.exit("slow_clients: PROBE_CPU must be %d or %d" % (UMBRA_CPU, LOAD_CPU))
     if cfg["rt"] and not rt_allowed():
         print("slow_clients: SCHED_FIFO not permitted; measuring with RT=0")
         cfg["rt"] = 0
@@ -676,8 +682,9 @@ def main():
         print("slow_clients: perf cannot trace syscalls here; no loop figures (LOOP=0)")
         cfg["loop"] = 0
     bench = Bench(work, umbra, cfg)
-    print("slow_clients: umbra %s, 1 worker, CPU %d%s; backends, slowhttptest, probe on CPU %d" % (
-        umbra, UMBRA_CPU, ", SCHED_FIFO with the probe and its echo" if cfg["rt"] else "", LOAD_CPU))
+    print("slow_clients: umbra %s, 1 worker, CPU %d%s; backends, slowhttptest on CPU %d; probe and its echo on CPU %d" % (
+        umbra, UMBRA_CPU, ", SCHED_FIFO with the probe and its echo" if cfg["rt"] else "", LOAD_CPU,
+        cfg["probe_cpu"]))
     print("  probe: wrk, %d keep-alive connections, %d ms pause after each answer, %d s per condition" % (
         cfg["probe_conns"], cfg["delay_ms"], cfg["window"]))
     print("  attacks: slowhttptest -c %d -r %d; umbra limits: header_timeout %ds, body_timeout %ds, "
