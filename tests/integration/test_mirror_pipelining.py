@@ -241,6 +241,26 @@ def test_pipelined_copies_with_bodies_stay_faithful(procs, peers):
         assert record_body(recs[0]) == body, i
 
 
+def traced_burst(procs, shadow, n, cluster, log, syscall, string_bytes=None):
+    """n kept-alive clients through a one-worker umbra mirroring to shadow
+    (cluster: extra cluster settings): one warm-up request each, then one
+    burst whose copies umbra makes while strace logs its `syscall` calls."""
+    b = procs.backend()
+    u = procs.umbra(mirror_config(b, {"shadow": dict({"endpoints": [shadow.addr], "timeout": "60s"}, **cluster)},
+                                  [{"cluster": "shadow"}], workers=1))
+    clients = [Client(u.port) for _ in range(n)]
+    try:
+        for i, c in enumerate(clients):
+            assert c.request("GET", "/warm/%d" % i).status == 200
+        assert wait_outcomes(u, n) == {"completed": n}
+        with strace(u.pid, log, syscall, string_bytes=string_bytes):
+            burst(u, clients, "burst")
+            assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
+    finally:
+        for c in clients:
+            c.close()
+
+
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
 @pytest.mark.timeout(60)
 def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
@@ -250,20 +270,7 @@ def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
     shadow = shadow_factory(delay=0.005, body_for=lambda target: b"shadow-answer")
     n = 12
     log = tmp_path / "read.strace"
-    b = procs.backend()
-    u = procs.umbra(mirror_config(b, {"shadow": {"endpoints": [shadow.addr], "timeout": "60s"}},
-                                  [{"cluster": "shadow"}], workers=1))
-    clients = [Client(u.port) for _ in range(n)]
-    try:
-        for i, c in enumerate(clients):
-            assert c.request("GET", "/warm/%d" % i).status == 200
-        assert wait_outcomes(u, n) == {"completed": n}
-        with strace(u.pid, log, "read", string_bytes=4096):
-            burst(u, clients, "burst")
-            assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
-    finally:
-        for c in clients:
-            c.close()
+    traced_burst(procs, shadow, n, {}, log, "read", string_bytes=4096)
     answers = [len(re.findall(r"shadow-answer", line)) for line in log.read_text().splitlines()]
     answers = [a for a in answers if a]
     assert sum(answers) == n, answers
@@ -271,6 +278,7 @@ def test_answers_of_a_batch_are_read_together(procs, shadow_factory, tmp_path):
     assert len(answers) <= 3, "%d reads for %d answers: %s" % (len(answers), n, answers)
 
 
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
 @pytest.mark.timeout(60)
 def test_a_lone_answer_costs_no_wake_up_mark(procs, shadow_factory, tmp_path):
     """With one copy per connection (a slow shadow, or pipeline: 1) there is
@@ -279,21 +287,7 @@ def test_a_lone_answer_costs_no_wake_up_mark(procs, shadow_factory, tmp_path):
     shadow = shadow_factory(body_for=lambda target: b"lone-answer")
     n = 12
     log = tmp_path / "setsockopt.strace"
-    b = procs.backend()
-    u = procs.umbra(mirror_config(b, {"shadow": {"endpoints": [shadow.addr], "timeout": "60s",
-                                                 "pipeline": 1}},
-                                  [{"cluster": "shadow"}], workers=1))
-    clients = [Client(u.port) for _ in range(n)]
-    try:
-        for i, c in enumerate(clients):
-            assert c.request("GET", "/warm/%d" % i).status == 200
-        assert wait_outcomes(u, n) == {"completed": n}
-        with strace(u.pid, log, "setsockopt"):
-            burst(u, clients, "burst")
-            assert wait_outcomes(u, 2 * n, timeout=20) == {"completed": 2 * n}
-    finally:
-        for c in clients:
-            c.close()
+    traced_burst(procs, shadow, n, {"pipeline": 1}, log, "setsockopt")
     marks = [line for line in log.read_text().splitlines() if "SO_RCVLOWAT" in line]
     assert marks == [], "%d SO_RCVLOWAT calls for %d lone copies: %s" % (len(marks), n, marks[:4])
 

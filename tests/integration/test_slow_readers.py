@@ -146,9 +146,7 @@ def test_a_slow_reader_gets_a_quarter_buffer_read_ahead(procs, tmp_path):
             s.close()
     # the upstream's response arrives in reads of a chunk or more; requests
     # (the client's, the admin API's) are far smaller
-    got = [int(line.rsplit("=", 1)[1]) for line in log.read_text().splitlines()
-           if " = " in line and line.rsplit("=", 1)[1].strip().isdigit()]
-    read = sum(n for n in got if n >= 2048)
+    read = sum(n for n in returned_bytes(log) if n >= 2048)
     held = read - sent
     # a quarter of the buffer, plus the read that crossed it (at most 80 KiB)
     bound = buffer // 4 + 80 * KIB
@@ -161,6 +159,31 @@ def assert_no_blind_writes(log):
     # One EAGAIN when the socket fills; any more is a write umbra knew would fail.
     assert len(failed) <= 2, "%d writev calls met EAGAIN on a socket not yet writable again:\n%s" % (
         len(failed), "\n".join(failed[:5]))
+
+
+def returned_bytes(log):
+    """The byte counts of the successful calls in an strace log."""
+    out = []
+    for line in log.read_text().splitlines():
+        rc = line.rsplit("=", 1)[1].strip() if " = " in line else ""
+        if rc.isdigit():
+            out.append(int(rc))
+    return out
+
+
+def stalled_upload(u, log, size, failed_only=False):
+    """POSTs `size` bytes through umbra to a stalled upstream, with umbra's
+    writev calls in strace's `log`; returns what the client got to send."""
+    s = None
+    try:
+        with strace(u.pid, log, "writev", failed_only=failed_only):
+            s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
+            body = os.urandom(size)
+            s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
+            return send_until_stalled(s, body)
+    finally:
+        if s:
+            s.close()
 
 
 def send_until_stalled(sock, data, quiet_s=0.5, limit_s=10):
@@ -194,17 +217,9 @@ def test_a_full_upstream_socket_is_not_written_again_until_writable(procs, peers
     u = procs.umbra(make_config({"primary": [stuck.addr]}, workers=1,
                                 limits={"connection_buffer": "256KiB", "body_timeout": "30s"}))
     log = tmp_path / "writev.strace"
-    s = None
-    try:
-        with strace(u.pid, log, "writev", failed_only=True):
-            s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
-            body = os.urandom(8 * MB)
-            s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
-            sent = send_until_stalled(s, body)
-            assert 256 * KIB <= sent < len(body), "the client sent %d bytes before umbra stopped reading" % sent
-    finally:
-        if s:
-            s.close()
+    size = 8 * MB
+    sent = stalled_upload(u, log, size, failed_only=True)
+    assert 256 * KIB <= sent < size, "the client sent %d bytes before umbra stopped reading" % sent
     assert_no_blind_writes(log)
 
 
@@ -219,19 +234,8 @@ def test_a_stalled_upstream_gets_a_bounded_share_of_the_body_in_the_kernel(procs
     u = procs.umbra(make_config({"primary": [stuck.addr]}, workers=1,
                                 limits={"connection_buffer": "64KiB", "body_timeout": "30s"}))
     log = tmp_path / "writev.strace"
-    s = None
-    try:
-        with strace(u.pid, log, "writev"):
-            s = socket.create_connection(("127.0.0.1", u.port), timeout=10)
-            body = os.urandom(16 * MB)
-            s.sendall(build_request("POST", "/upload", [("Content-Length", str(len(body)))]))
-            send_until_stalled(s, body)
-    finally:
-        if s:
-            s.close()
-    done = [int(line.rsplit("=", 1)[1]) for line in log.read_text().splitlines()
-            if " = " in line and line.rsplit("=", 1)[1].strip().isdigit()]
-    handed = sum(done)
+    stalled_upload(u, log, 16 * MB)
+    handed = sum(returned_bytes(log))
     # the request head, what the 1 KiB window took, and at most 128 KiB unsent
     # plus one write's overshoot
     bound = 256 * KIB
