@@ -414,17 +414,18 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 /* A shadow that holds most of max_pending has shown its pace. Past three
  * quarters of it, copies start no faster than the shadow finishes them
  * (max_pending over its latency, by Little's law), with a sixteenth of
- * max_pending as burst. Unpaced, a shadow of steady latency frees its slots in
- * the waves they were taken in: for a stretch every request pays for a copy,
- * then none does, and that stretch sets production's p99. Paced, the cost is
- * even and the shadow gets an even sample of the traffic. */
+ * max_pending (at least 2) as burst. Unpaced, a shadow of steady latency
+ * frees its slots in the waves they were taken in: for a stretch every
+ * request pays for a copy, then none does, and that stretch sets
+ * production's p99. Paced, the cost is even and the shadow gets an even
+ * sample of the traffic. */
 static bool paced_out(struct pool *p, ev_tstamp now)
 {
     unsigned max = p->cl->max_pending;
     if (p->pending < max - max / 4 || !p->shadow_latency_known) return false;
     double gap = p->shadow_latency / max;
-    double burst = gap * (max >= 32 ? max / 16 : 2);
-    if (p->pace_next - burst > now) return true;
+    unsigned burst = max / 16 > 2 ? max / 16 : 2;
+    if (p->pace_next - gap * burst > now) return true;
     p->pace_next = (p->pace_next > now ? p->pace_next : now) + gap;
     return false;
 }
