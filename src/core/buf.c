@@ -72,6 +72,8 @@ void bufq_clear(struct bufq *q)
     memset(q, 0, sizeof *q);
 }
 
+const struct bufq_seg *bufq_seg(const struct bufq *q, size_t i) { return seg_at(q, i); }
+
 static void bufq_grow(struct bufq *q)
 {
     size_t ncap = q->cap ? q->cap * 2 : 8;

@@ -71,6 +71,8 @@ void bufq_consume(struct bufq *q, size_t n, struct bufq *keep);
 /** Drops bytes from the back until q holds len (no more than it holds):
  *  takes back what was queued last and not yet written. */
 void bufq_truncate(struct bufq *q, size_t len);
+/** The i-th slice from the front (i < q->count). */
+const struct bufq_seg *bufq_seg(const struct bufq *q, size_t i);
 /** Appends all of src to dst (references move), leaving src empty. */
 void bufq_move(struct bufq *dst, struct bufq *src);
 

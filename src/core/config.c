@@ -1239,6 +1239,7 @@ static const struct cfg_opt limits_opts[] = {
     {.key = "min_body_rate", .parse = opt_size64, .offset = offsetof(struct cfg_limits, min_body_rate), .max = UINT64_MAX},
     {.key = "send_timeout", .parse = opt_duration, .offset = offsetof(struct cfg_limits, send_timeout_ms)},
     {.key = "connection_buffer", .parse = opt_size, .offset = offsetof(struct cfg_limits, connection_buffer), .min = 4096, .max = SIZE_MAX},
+    {.key = "request_buffer", .parse = opt_size, .offset = offsetof(struct cfg_limits, request_buffer), .max = SIZE_MAX},
     {.key = NULL},
 };
 // clang-format on
@@ -1261,6 +1262,7 @@ static const struct cfg_limits default_limits = {
     .max_connections = 10000,
     .send_timeout_ms = 60000,
     .connection_buffer = 64 << 10,
+    .request_buffer = 16 << 10,
 };
 
 /* Reports `name` if an earlier entry of the same list has it. Entries are
@@ -1316,6 +1318,16 @@ static void listener_parse(struct loader *ld, yaml_node_t *n, size_t i)
         size_t len = key_push(ld, "listen");
         check_listen_addr(ld, i, listen);
         key_pop(ld, len);
+    }
+    /* The held body is read while nothing drains it: it must fit the buffer.
+     * The default shrinks with a small connection_buffer; a value set does not. */
+    yaml_node_t *limits = find_key(ld, n, "limits");
+    yaml_node_t *rb = limits ? find_key(ld, limits, "request_buffer") : NULL;
+    if (l->limits.request_buffer > l->limits.connection_buffer) {
+        if (rb)
+            err(ld, rb, "request_buffer (%zu bytes) must not exceed connection_buffer (%zu bytes)",
+                l->limits.request_buffer, l->limits.connection_buffer);
+        else l->limits.request_buffer = l->limits.connection_buffer;
     }
     scope_leave(ld, &sc);
 }

@@ -41,6 +41,8 @@ struct cfg_limits {
     uint64_t send_timeout_ms;
     /* default 64 KiB: bytes queued per direction before reading stops */
     size_t connection_buffer;
+    /* default 16 KiB: request body held before an upstream is chosen; 0 = none */
+    size_t request_buffer;
 };
 
 /* ---- TLS (listeners[].tls, clusters[].tls); built into contexts by src/tls ---- */

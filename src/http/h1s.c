@@ -469,7 +469,7 @@ static void start_request(struct h1s *c, const struct h1_request *r)
         reject(c, 501, "CONNECT is not supported");
         return;
     }
-    struct stream *s = stream_new(w, c, c->limits.connection_buffer);
+    struct stream *s = stream_new(w, c, c->limits.connection_buffer, c->limits.request_buffer);
     c->st = s;
     const char *why = NULL;
     int rc = build_request(c, s, r, &why);

@@ -35,13 +35,15 @@ static void up_io(void *owner, int revents);
 
 static const struct upconn_ops primary_ops = {up_connected, up_failed, up_io};
 
-struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water)
+struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water, size_t hold_max)
 {
     struct stream *s = calloc(1, sizeof *s);
     if (!s) abort();
     s->w = w;
     s->ds = ds;
     s->high_water = high_water;
+    s->hold_max = hold_max;
+    bufq_init(&s->held);
     s->ws = w->cur;
     wsnap_stream_begin(s->ws);
     w->nstreams++;
@@ -68,6 +70,7 @@ void stream_free(void *obj)
     struct stream *s = obj;
     stream_abort(s);
     bufq_clear(&s->replay);
+    bufq_clear(&s->held);
     if (s->head_chunk) chunk_unref(s->head_chunk);
     free(s->xff_joined);
     s->w->nstreams--;
@@ -130,6 +133,49 @@ static void stream_fail(struct stream *s, enum upstream_error err)
     if (ds) h1s_response_error(ds, status_for(err));
 }
 
+/* Queues body bytes for the primary and the copies. */
+static void queue_body(struct stream *s, struct chunk *c, const char *p, size_t n)
+{
+    if (s->copies) shadow_body(s, c, p, n);
+    if (!s->up) return;
+    if (s->up_chunked) bufq_printf(&s->up->out, "%zx\r\n", n);
+    bufq_push(&s->up->out, c, p, n);
+    if (s->up_chunked) bufq_push_copy(&s->up->out, "\r\n", 2);
+}
+
+/* Chooses the upstream connection, queues the head, starts the copies, then
+ * queues what was held of the body as if it arrived now. */
+static bool launch(struct stream *s, enum upstream_error *err)
+{
+    s->deferred = false;
+    s->up = pool_acquire(s->pool, &primary_ops, s, false, err);
+    if (!s->up) {
+        bufq_clear(&s->held);
+        return false;
+    }
+    STAT_INC(s->cst->requests);
+    s->replayable = s->up->reused;
+    h1_write_request_head(&s->up->out, &s->req, NULL);
+    shadow_start(s);
+    if (s->cluster->timeout_ms) {
+        ev_timer_set(&s->deadline, (double)s->cluster->timeout_ms / 1000.0, 0.0);
+        ev_timer_start(s->w->loop, &s->deadline);
+    }
+    for (size_t i = 0; i < s->held.count; i++) {
+        const struct bufq_seg *g = bufq_seg(&s->held, i);
+        queue_body(s, g->c, g->p, g->len);
+    }
+    bufq_clear(&s->held);
+    return true;
+}
+
+/* Launches a deferred stream; a failure is answered at the next fwd_flush,
+ * where the downstream expects a stream to end, not in mid-parse. */
+static void launch_held(struct stream *s)
+{
+    if (!launch(s, &s->launch_err)) s->launch_failed = true;
+}
+
 int fwd_start(struct stream *s)
 {
     const struct config *cfg = s->ws->snap->cfg;
@@ -141,21 +187,19 @@ int fwd_start(struct stream *s)
     s->is_head = s->req.method.len == 4 && memcmp(s->req.method.p, "HEAD", 4) == 0;
     s->up_chunked = s->req.has_body && !s->req.length_known;
     s->req_ended = !s->req.has_body || (s->req.length_known && s->req.content_length == 0);
+    /* A body still coming is held (request_buffer) before any upstream is
+     * chosen: a client that trickles it ties up no upstream connection, and
+     * no shadow, for the minutes body_timeout and min_body_rate allow it. */
+    if (s->hold_max && !s->req_ended) {
+        s->deferred = true;
+        return 0;
+    }
     enum upstream_error err;
-    s->up = pool_acquire(s->pool, &primary_ops, s, false, &err);
-    if (!s->up) {
+    if (!launch(s, &err)) {
         STAT_INC(s->cst->errors[err]);
         log_ratelimited(&rl_upstream, LOG_WARN, "upstream", "cluster %s: no connection: %s",
                         s->cluster->name, upstream_error_name(err));
         return status_for(err);
-    }
-    STAT_INC(s->cst->requests);
-    s->replayable = s->up->reused;
-    h1_write_request_head(&s->up->out, &s->req, NULL);
-    shadow_start(s);
-    if (s->cluster->timeout_ms) {
-        ev_timer_set(&s->deadline, (double)s->cluster->timeout_ms / 1000.0, 0.0);
-        ev_timer_start(s->w->loop, &s->deadline);
     }
     return 0; /* the downstream flushes once it queued what it has (fwd_flush) */
 }
@@ -163,16 +207,18 @@ int fwd_start(struct stream *s)
 void fwd_body(struct stream *s, struct chunk *c, const char *p, size_t n)
 {
     if (n == 0) return;
-    if (s->copies) shadow_body(s, c, p, n);
-    if (!s->up) return;
-    if (s->up_chunked) bufq_printf(&s->up->out, "%zx\r\n", n);
-    bufq_push(&s->up->out, c, p, n);
-    if (s->up_chunked) bufq_push_copy(&s->up->out, "\r\n", 2);
+    if (s->deferred) {
+        bufq_push(&s->held, c, p, n);
+        if (s->held.bytes >= s->hold_max) launch_held(s);
+        return;
+    }
+    queue_body(s, c, p, n);
 }
 
 void fwd_body_end(struct stream *s, const http_field *trailers, size_t ntrailers)
 {
     s->req_ended = true;
+    if (s->deferred) launch_held(s);
     if (s->copies) shadow_body_end(s, trailers, ntrailers);
     if (!s->up) return;
     if (s->up_chunked) h1_write_chunked_end(&s->up->out, trailers, ntrailers);
@@ -180,6 +226,11 @@ void fwd_body_end(struct stream *s, const http_field *trailers, size_t ntrailers
 
 void fwd_flush(struct stream *s)
 {
+    if (s->launch_failed) {
+        s->launch_failed = false;
+        stream_fail(s, s->launch_err);
+        return;
+    }
     if (s->up && s->up->state == UP_ACTIVE && s->up->out.bytes) up_flush(s);
     if (s->copies) shadow_flush(s); /* after the primary: it goes first on the wire */
 }

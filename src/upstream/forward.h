@@ -12,6 +12,7 @@
 
 #include "core/buf.h"
 #include "core/config.h"
+#include "core/stats.h"
 #include "http/h1.h"
 #include "http/message.h"
 
@@ -50,6 +51,11 @@ struct stream {
     struct chunk *head_chunk; /* holds the bytes req points into (one reference) */
 
     size_t high_water; /* the listener's connection_buffer */
+    size_t hold_max;   /* the listener's request_buffer */
+    struct bufq held;  /* body that arrived before the upstream was chosen */
+    bool deferred;     /* no upstream yet: the body is short of hold_max and not ended */
+    bool launch_failed;
+    enum upstream_error launch_err; /* why, answered at the next fwd_flush */
     struct upconn *up;
     struct mcopy *copies; /* mirror copies still fed by this stream */
     struct bufq replay;   /* bytes sent on a reused connection, until the response starts */
@@ -71,9 +77,10 @@ struct stream {
     ev_tstamp t_start;
 };
 
-/** A new stream on the worker's current snapshot for downstream ds. The
- *  caller fills s->req (and s->fields, s->head_chunk) then calls fwd_start. */
-struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water);
+/** A new stream on the worker's current snapshot for downstream ds, with the
+ *  listener's connection_buffer and request_buffer. The caller fills s->req
+ *  (and s->fields, s->head_chunk) then calls fwd_start. */
+struct stream *stream_new(struct worker *w, struct h1s *ds, size_t high_water, size_t hold_max);
 /** Frees the stream (deferred-safe: call via worker_defer_free or at a safe
  *  point); closes an upstream connection still attached. */
 void stream_free(void *obj);
@@ -81,7 +88,9 @@ void stream_free(void *obj);
 void stream_abort(struct stream *s);
 
 /** Routes and starts forwarding. Returns 0, or an HTTP status (404, 503...)
- *  the downstream must answer itself (nothing was sent upstream). */
+ *  the downstream must answer itself (nothing was sent upstream). A request
+ *  whose body is still coming waits for it (up to request_buffer) before an
+ *  upstream, primary or shadow, is chosen. */
 int fwd_start(struct stream *s);
 /** Queues request body bytes (a slice of c; a reference is taken). */
 void fwd_body(struct stream *s, struct chunk *c, const char *p, size_t n);

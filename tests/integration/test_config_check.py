@@ -35,6 +35,7 @@ BROKEN = [
     ("unknown-limit-key", {9: "      header_timeot: 10s"}, [(9, "header_timeot")]),
     ("bad-duration", {9: "      header_timeout: 10 parsecs"}, [(9, "10 parsecs")]),
     ("bad-size", {8: "      max_header_bytes: lots"}, [(8, "lots")]),
+    ("request-buffer-over-connection-buffer", {9: "      request_buffer: 128KiB"}, [(9, "128KiB")]),
     ("bad-listen-port", {6: "    listen: 127.0.0.1:99999"}, [(6, "127.0.0.1:99999")]),
     ("bad-endpoint-in-flow-list", {12: "    endpoints: [127.0.0.1:9, nonsense]"}, [(12, "nonsense")]),
     ("mapping-for-duration", {14: "    timeout: {a: 1}"}, [(14, "{")]),

@@ -74,6 +74,18 @@ def strict(module_procs):
     return u, b
 
 
+@pytest.fixture(scope="module")
+def streaming(module_procs):
+    """request_buffer 0: the head and each body byte go upstream as they arrive."""
+    b = module_procs.backend("streaming")
+    u = module_procs.umbra(make_config({"primary": [b]}, limits={"request_buffer": 0}), name="streaming")
+    return u, b
+
+
+def upstream_requests(u):
+    return int(u.metrics().sum("umbra_upstream_requests_total", cluster="primary"))
+
+
 def read_rejection(u, raw):
     """Sends raw on a new connection; returns (response, closed afterwards)."""
     with Client(u.port, timeout=10) as c:
@@ -127,11 +139,32 @@ MIDSTREAM_JUNK = [
 
 
 @pytest.mark.parametrize("name,junk", MIDSTREAM_JUNK, ids=[c[0] for c in MIDSTREAM_JUNK])
-def test_bad_chunk_after_head_was_forwarded(strict, name, junk):
-    # Bodies stream: the head and a first chunk go upstream before the rest
-    # arrives. When the rest is broken, the client gets 400 and the upstream
-    # connection is closed, so the backend never has a complete request.
+def test_bad_chunk_before_request_buffer_fills_never_reaches_the_upstream(strict, name, junk):
+    # The body is held until it ends or fills request_buffer (16 KiB): broken
+    # before that, the request never had an upstream.
     u, b = strict
+    heads0, reqs0, _, errs0 = b.snapshot()
+    sent0 = upstream_requests(u)
+    with Client(u.port, timeout=10) as c:
+        c.send(b"POST /held HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        c.send(junk)
+        r = c.read()
+        assert r.status == 400, r
+        assert c.is_closed(3)
+    assert upstream_requests(u) == sent0, "the broken request went upstream"
+    assert u.get("/after-held").status == 200
+    assert upstream_requests(u) == sent0 + 1
+    assert [h["target"] for h in b.heads[heads0:]] == ["/after-held"]
+    assert b.errors[errs0:] == []
+
+
+@pytest.mark.parametrize("name,junk", MIDSTREAM_JUNK, ids=[c[0] for c in MIDSTREAM_JUNK])
+def test_bad_chunk_after_head_was_forwarded(streaming, name, junk):
+    # Streamed bodies (request_buffer 0): the head and a first chunk go
+    # upstream before the rest arrives. When the rest is broken, the client
+    # gets 400 and the upstream connection is closed, so the backend never has
+    # a complete request.
+    u, b = streaming
     heads0, reqs0, _, errs0 = b.snapshot()
     with Client(u.port, timeout=10) as c:
         c.send(b"POST /midstream HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -185,7 +218,7 @@ def test_leading_empty_line_allowed(strict):
 
 def test_body_over_max_body_bytes_413(procs):
     b = procs.backend()
-    u = procs.umbra(make_config({"primary": [b]}, limits={"max_body_bytes": "1KiB"}))
+    u = procs.umbra(make_config({"primary": [b]}, limits={"max_body_bytes": "1KiB", "request_buffer": 0}))
     ok = b"k" * 1024
     with Client(u.port) as c:
         assert c.request("POST", "/fits", body=ok).status == 200

@@ -300,6 +300,14 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->admin.ss.ss_family, AF_INET);
     assert_int_equal(port_of(&cfg->admin), 9901);
     assert_int_equal(cfg->mirror_memory, 64u << 20);
+    assert_int_equal(cfg->listeners[0].limits.connection_buffer, 64 << 10);
+    assert_int_equal(cfg->listeners[0].limits.request_buffer, 16 << 10);
+    config_free(cfg);
+
+    /* request_buffer's default shrinks to fit a small connection_buffer */
+    cfg = expect_ok("listeners: [{name: l, listen: 127.0.0.1:0, limits: {connection_buffer: 8KiB}}]\n"
+                    CLUSTERS ROUTES);
+    assert_int_equal(cfg->listeners[0].limits.request_buffer, 8 << 10);
     config_free(cfg);
 
     cfg = expect_ok("workers: auto\nadmin: off\naccess_log: \"-\"\n" LISTENERS CLUSTERS
@@ -329,7 +337,7 @@ static void test_unknown_keys(void **state)
                   "t.yaml:6:14: listener \"l\": limits: unknown key \"zzz\" (valid keys: "
                   "max_header_bytes, max_body_bytes, header_timeout, body_timeout, idle_timeout, "
                   "max_connections, max_requests_per_connection, min_body_rate, send_timeout, "
-                  "connection_buffer)\n");
+                  "connection_buffer, request_buffer)\n");
     expect_errors(LISTENERS CLUSTERS ROUTES "workers: 2\nworkers: 3\n",
                   "t.yaml:5:1: duplicate key \"workers\" (first at line 4)\n");
 }
@@ -355,6 +363,10 @@ static void test_wrong_types(void **state)
 
 static void test_bad_values(void **state)
 {
+    expect_errors("listeners: [{name: l, listen: 127.0.0.1:0, limits: {connection_buffer: 8KiB, "
+                  "request_buffer: 9KiB}}]\n" CLUSTERS ROUTES,
+                  "t.yaml:1:94: listener \"l\": request_buffer (9216 bytes) must not exceed "
+                  "connection_buffer (8192 bytes)\n");
     expect_errors(LISTENERS CLUSTERS ROUTES "mirror_memory: 12XB\n",
                   "t.yaml:4:16: mirror_memory: bad size \"12XB\": unknown unit \"XB\" (use B, KB, "
                   "MB, GB, TB, KiB, MiB, GiB or TiB)\n");
