@@ -28,7 +28,7 @@ atomic_uint worker_listener_conns[256];
 atomic_uint worker_clients_total;
 unsigned worker_client_budget = UINT32_MAX;
 
-static struct log_ratelimit rl_accept;
+static _Thread_local struct log_ratelimit rl_accept;
 
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents);
 

@@ -79,7 +79,7 @@ struct h1s {
     struct h1s *prev, *next;
 };
 
-static struct log_ratelimit rl_reject;
+static _Thread_local struct log_ratelimit rl_reject;
 
 static void h1s_io_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void h1s_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);

@@ -82,7 +82,7 @@ struct schan {
     uint64_t rbytes; /* of the answer being read, so far */
 };
 
-static struct log_ratelimit rl_drop;
+static _Thread_local struct log_ratelimit rl_drop;
 
 static void ch_connected(void *owner);
 static void ch_failed(void *owner, enum upstream_error err);

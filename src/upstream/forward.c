@@ -22,7 +22,7 @@
 #define REPLAY_MAX (64 * 1024)
 #define MAX_INTERIM 16
 
-static struct log_ratelimit rl_upstream;
+static _Thread_local struct log_ratelimit rl_upstream;
 
 static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_target_bytes = 0};
 
