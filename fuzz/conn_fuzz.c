@@ -84,6 +84,7 @@ static const char config_fmt[] =
     "      max_body_bytes: 48KiB\n"
     "      max_requests_per_connection: 6\n"
     "      connection_buffer: 8KiB\n"
+    "      request_buffer: 1KiB\n"
     "clusters:\n"
     "  - name: primary\n"
     "    endpoints: [127.0.0.1:%d]\n"
