@@ -2465,6 +2465,7 @@ static const struct cfg_opt route_opts[] = {
     {.key = "match", .parse = opt_match, .offset = offsetof(struct cfg_route, match), .flags = OPT_REQUIRED},
     {.key = "cluster", .parse = opt_cluster_ref, .offset = offsetof(struct cfg_route, cluster), .flags = OPT_REQUIRED},
     {.key = "mirrors", .parse = opt_mirrors, .offset = 0},
+    {.key = "request_buffer", .parse = opt_size, .offset = offsetof(struct cfg_route, request_buffer), .max = SIZE_MAX - 1},
     {.key = NULL},
 };
 // clang-format on
@@ -2474,6 +2475,7 @@ static void route_parse(struct loader *ld, yaml_node_t *n, size_t i)
     struct cfg_route *r = &ld->cfg->routes[i];
     struct scope sc;
     r->cluster = SIZE_MAX;
+    r->request_buffer = CFG_FROM_LISTENER;
     r->line = (int)n->start_mark.line + 1;
     r->column = (int)n->start_mark.column + 1;
     scope_enter(ld, &sc, n, "route", i);

@@ -249,8 +249,12 @@ struct cfg_route {
     size_t cluster; /* index into config.clusters */
     struct cfg_mirror *mirrors;
     size_t nmirrors;
-    int line, column; /* of the route's node, for later error reports */
+    /* overrides the listener's request_buffer (at most its connection_buffer) */
+    size_t request_buffer; /* CFG_FROM_LISTENER: not set */
+    int line, column;      /* of the route's node, for later error reports */
 };
+
+#define CFG_FROM_LISTENER SIZE_MAX
 
 struct config {
     char *path;                /* the file it came from ("-" or a name for strings) */

@@ -190,6 +190,9 @@ int fwd_start(struct stream *s)
     /* A body still coming is held (request_buffer) before any upstream is
      * chosen: a client that trickles it ties up no upstream connection, and
      * no shadow, for the minutes body_timeout and min_body_rate allow it. */
+    if (s->route->request_buffer != CFG_FROM_LISTENER)
+        s->hold_max =
+            s->route->request_buffer < s->high_water ? s->route->request_buffer : s->high_water;
     if (s->hold_max && !s->req_ended) {
         s->deferred = true;
         return 0;

@@ -153,12 +153,35 @@ def test_a_held_request_gets_503_when_no_upstream_connection_is_free(procs):
         assert r.status == 200 and r.json()["body_len"] == 4
 
 
+def streams_from_the_first_byte(u, b, target):
+    """True if the head and the first half of a body reach the backend
+    before the second half is sent; False if nothing went upstream by the
+    time umbra parsed the head (it was held)."""
+    before = upstream_requests(u, "primary")
+    received = counter(u, "umbra_downstream_requests_total")
+    with Client(u.port, timeout=10) as c:
+        c.send(build_request("POST", target, [("Content-Length", "10")]) + b"12345")
+        wait_received(u, received + 1)
+        streamed = upstream_requests(u, "primary") == before + 1
+        if streamed:
+            wait_until(lambda: b.body_bytes_received >= 5, 5, what="the first 5 bytes at the primary")
+        c.send(b"67890")
+        r = c.read()
+        assert r.status == 200 and r.json()["body_len"] == 10 and r.json()["target"] == target
+    return streamed
+
+
 def test_request_buffer_0_streams_from_the_first_byte(procs):
     b = procs.backend()
     u = procs.umbra(make_config({"primary": [b]}, limits={"request_buffer": 0}))
-    with Client(u.port, timeout=10) as c:
-        c.send(build_request("POST", "/at-once", [("Content-Length", "10")]) + b"12345")
-        wait_until(lambda: b.body_bytes_received >= 5, 5, what="the first 5 bytes at the primary")
-        c.send(b"67890")
-        r = c.read()
-        assert r.status == 200 and r.json()["body_len"] == 10
+    assert streams_from_the_first_byte(u, b, "/at-once")
+
+
+def test_a_route_sets_its_own_request_buffer(procs):
+    # A streaming upload route streams; the listener's other routes still hold.
+    b = procs.backend()
+    routes = [{"name": "uploads", "match": {"prefix": "/upload"}, "cluster": "primary", "request_buffer": 0},
+              {"name": "api", "match": {"prefix": "/"}, "cluster": "primary"}]
+    u = procs.umbra(make_config({"primary": [b]}, routes=routes, workers=1))
+    assert streams_from_the_first_byte(u, b, "/upload/log")
+    assert not streams_from_the_first_byte(u, b, "/api/form")

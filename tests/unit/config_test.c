@@ -304,6 +304,14 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->listeners[0].limits.request_buffer, 16 << 10);
     config_free(cfg);
 
+    /* a route may set its own request_buffer; unset, the listener's applies */
+    cfg = expect_ok(LISTENERS CLUSTERS
+                    "routes: [{name: a, match: {prefix: /up}, cluster: c, request_buffer: 0},\n"
+                    "         {name: r, match: {prefix: /}, cluster: c}]\n");
+    assert_int_equal(cfg->routes[0].request_buffer, 0);
+    assert_true(cfg->routes[1].request_buffer == CFG_FROM_LISTENER);
+    config_free(cfg);
+
     /* request_buffer's default shrinks to fit a small connection_buffer */
     cfg = expect_ok("listeners: [{name: l, listen: 127.0.0.1:0, limits: {connection_buffer: 8KiB}}]\n"
                     CLUSTERS ROUTES);
