@@ -51,7 +51,7 @@ struct stream {
     struct chunk *head_chunk; /* holds the bytes req points into (one reference) */
 
     size_t high_water; /* the listener's connection_buffer */
-    size_t hold_max;   /* the listener's request_buffer */
+    size_t hold_max;   /* request_buffer: the route's if set, else the listener's */
     struct bufq held;  /* body that arrived before the upstream was chosen */
     bool deferred;     /* no upstream yet: the body is short of hold_max and not ended */
     bool launch_failed;

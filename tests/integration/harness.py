@@ -382,6 +382,16 @@ class Metrics:
         return out
 
 
+def counter(u, name, **labels):
+    """The sum of a counter's series matching labels, from u's /metrics."""
+    return int(u.metrics().sum(name, **labels))
+
+
+def upstream_requests(u, cluster="primary"):
+    """Requests umbra started toward a cluster (counted when it chose the upstream)."""
+    return counter(u, "umbra_upstream_requests_total", cluster=cluster)
+
+
 # ---------------------------------------------------------------- process
 
 class Umbra:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import Client, build_request, make_config, wait_until
+from harness import Client, build_request, make_config, upstream_requests, wait_until
 
 H = b"Host: t.example\r\n"
 
@@ -80,10 +80,6 @@ def streaming(module_procs):
     b = module_procs.backend("streaming")
     u = module_procs.umbra(make_config({"primary": [b]}, limits={"request_buffer": 0}), name="streaming")
     return u, b
-
-
-def upstream_requests(u):
-    return int(u.metrics().sum("umbra_upstream_requests_total", cluster="primary"))
 
 
 def read_rejection(u, raw):

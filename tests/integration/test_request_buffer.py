@@ -12,18 +12,10 @@ import time
 import pytest
 
 from backends import pattern_chunks, pattern_sha256
-from harness import Client, build_request, make_config, wait_until
+from harness import Client, build_request, counter, make_config, upstream_requests, wait_until
 from shadows import mirror_config, outcomes, peers, wait_outcomes  # noqa: F401 (fixture)
 
 KIB = 1024
-
-
-def counter(u, name, **labels):
-    return int(u.metrics().sum(name, **labels))
-
-
-def upstream_requests(u, cluster):
-    return counter(u, "umbra_upstream_requests_total", cluster=cluster)
 
 
 def wait_received(u, n):
