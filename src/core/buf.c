@@ -165,6 +165,13 @@ void bufq_consume(struct bufq *q, size_t n, struct bufq *keep)
             q->count--;
         }
     }
+    /* A drained queue gives its scratch back: an idle keep-alive connection
+     * would otherwise keep the chunk its last response head was written to. */
+    if (q->count == 0 && q->scratch) {
+        chunk_unref(q->scratch);
+        q->scratch = NULL;
+        q->scratch_used = 0;
+    }
 }
 
 void bufq_truncate(struct bufq *q, size_t len)

@@ -110,7 +110,7 @@ void stats_loop_woke(struct worker_stats *ws, uint64_t now_us)
 }
 
 void stats_loop_idle(struct worker_stats *ws, uint64_t now_us, uint64_t clients, uint64_t streams,
-                     uint64_t copies)
+                     uint64_t copies, uint64_t buffer_bytes)
 {
     uint64_t since = STAT_READ(ws->loop_busy_since_us);
     if (since) {
@@ -123,6 +123,7 @@ void stats_loop_idle(struct worker_stats *ws, uint64_t now_us, uint64_t clients,
     __atomic_store_n(&ws->loop_clients, clients, __ATOMIC_RELAXED);
     __atomic_store_n(&ws->loop_streams, streams, __ATOMIC_RELAXED);
     __atomic_store_n(&ws->loop_copies, copies, __ATOMIC_RELAXED);
+    __atomic_store_n(&ws->loop_buffer_bytes, buffer_bytes, __ATOMIC_RELAXED);
     __atomic_store_n(&ws->loop_busy_since_us, 0, __ATOMIC_RELAXED);
 }
 
@@ -398,6 +399,10 @@ static uint64_t w_copies(const struct worker_stats *w, uint64_t now)
 {
     return STAT_READ(w->loop_copies);
 }
+static uint64_t w_buffers(const struct worker_stats *w, uint64_t now)
+{
+    return STAT_READ(w->loop_buffer_bytes);
+}
 
 static void prom_workers(struct strbuf *out)
 {
@@ -421,6 +426,10 @@ static void prom_workers(struct strbuf *out)
     prom_per_worker(out, "umbra_worker_mirror_copies_in_flight", "gauge",
                     "Mirror copies in flight at the end of the last loop iteration.", w_copies, now,
                     false);
+    prom_per_worker(out, "umbra_worker_buffer_bytes", "gauge",
+                    "Bytes of I/O buffer the worker's connections, streams and copies hold "
+                    "(not its free list), at the end of the last loop iteration.",
+                    w_buffers, now, false);
     strbuf_puts(out,
                 "# HELP umbra_worker_loop_busy_seconds Event-loop iterations by duration (poll "
                 "return to next poll).\n# TYPE umbra_worker_loop_busy_seconds histogram\n");
@@ -460,13 +469,14 @@ static void json_worker_loops(struct strbuf *out)
         strbuf_printf(out,
                       "%s{\"worker\":%d,\"stalled_seconds\":%.6f,\"busy_max_seconds\":%.6f,"
                       "\"iterations\":%lu,\"downstream_connections\":%lu,\"primary_streams\":%lu,"
-                      "\"mirror_copies\":%lu,\"busy\":",
+                      "\"mirror_copies\":%lu,\"buffer_bytes\":%lu,\"busy\":",
                       i ? "," : "", w->id, (double)loop_stalled_us(w, now) / 1e6,
                       (double)STAT_READ(w->loop_busy_max_us) / 1e6,
                       (unsigned long)STAT_READ(w->loop_iterations),
                       (unsigned long)STAT_READ(w->loop_clients),
                       (unsigned long)STAT_READ(w->loop_streams),
-                      (unsigned long)STAT_READ(w->loop_copies));
+                      (unsigned long)STAT_READ(w->loop_copies),
+                      (unsigned long)STAT_READ(w->loop_buffer_bytes));
         json_hist(out, &h);
         strbuf_puts(out, "}");
     }

@@ -123,6 +123,7 @@ struct worker_stats {
     uint64_t loop_clients;       /* in flight at the end of the last iteration: */
     uint64_t loop_streams;       /*   client connections, primary streams, */
     uint64_t loop_copies;        /*   mirror copies */
+    uint64_t loop_buffer_bytes;  /* buffer chunks in use (chunk_thread_bytes) */
 };
 
 /** Bytes held by mirror copies in the whole process (DESIGN.md §1.2). */
@@ -152,7 +153,7 @@ void stats_loop_woke(struct worker_stats *ws, uint64_t now_us);
 /** ws's loop is about to poll again at now_us: counts the iteration begun by
  *  stats_loop_woke and publishes what is in flight (owning worker only). */
 void stats_loop_idle(struct worker_stats *ws, uint64_t now_us, uint64_t clients, uint64_t streams,
-                     uint64_t copies);
+                     uint64_t copies, uint64_t buffer_bytes);
 
 /** Prometheus text of everything (summed over workers). */
 void stats_render_prometheus(struct strbuf *out);

@@ -328,7 +328,8 @@ static void loop_woke_cb(struct ev_loop *loop, ev_check *c, int revents)
 static void loop_idle_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     struct worker *w = p->data;
-    stats_loop_idle(w->stats, stats_now_us(), w->nconns, w->nstreams, w->ncopies);
+    stats_loop_idle(w->stats, stats_now_us(), w->nconns, w->nstreams, w->ncopies,
+                    chunk_thread_bytes());
 }
 
 static void loop_watch_start(struct worker *w)

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from harness import Client, build_request, chunked, make_config
+from harness import Client, build_request, chunked, make_config, wait_until
 
 
 def seen(resp):
@@ -290,6 +290,35 @@ def test_idle_client_connection_closed(procs):
     with Client(u.port) as c:
         assert seen(c.request("GET", "/idle"))["target"] == "/idle"
         assert c.is_closed(6), "idle keep-alive connection still open 6s after a 1s idle_timeout"
+
+
+BUF_CHUNK_SIZE = 16384  # src/core/buf.h
+
+
+def buffer_bytes(u):
+    return u.metrics().sum("umbra_worker_buffer_bytes")
+
+
+def test_idle_keepalive_clients_hold_no_buffers(procs):
+    """Between requests a keep-alive client holds no buffer chunk, neither for
+    what it sends nor for what it is sent: 200 idle clients that each made a
+    request with a body cost the worker less than two chunks in all (each
+    would hold two, 32 KiB, if either were kept)."""
+    b = procs.backend()
+    u = procs.umbra(make_config({"primary": [b]}, workers=1))
+    clients = []
+    try:
+        for k in range(200):
+            c = Client(u.port)
+            clients.append(c)
+            assert seen(c.request("POST", "/idle/%d" % k, body=b"x" * 3000))["target"] == "/idle/%d" % k
+        # The gauge is published at the end of each loop iteration.
+        wait_until(lambda: buffer_bytes(u) < 2 * BUF_CHUNK_SIZE, timeout=5,
+                   what="umbra_worker_buffer_bytes under two chunks with 200 idle clients")
+        assert seen(clients[0].request("GET", "/still-open"))["target"] == "/still-open"
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_max_requests_per_connection(procs):

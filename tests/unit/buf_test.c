@@ -344,6 +344,24 @@ static void test_consume_partial_and_whole(void **state)
     bufq_clear(&q);
 }
 
+static void test_drained_queue_gives_back_scratch(void **state)
+{
+    struct bufq q;
+    bufq_init(&q);
+    bufq_push_copy(&q, "HTTP/1.1 200 OK\r\n\r\n", 19);
+    assert_non_null(q.scratch);
+    bufq_consume(&q, 10, NULL); /* part of it: the scratch stays for more heads */
+    assert_non_null(q.scratch);
+    assert_int_equal(chunk_thread_bytes(), BUF_CHUNK_SIZE);
+    bufq_consume(&q, 9, NULL); /* drained: an idle connection holds no chunk */
+    assert_null(q.scratch);
+    assert_int_equal(q.scratch_used, 0);
+    assert_int_equal(chunk_thread_bytes(), 0);
+    bufq_push_copy(&q, "ok", 2); /* and a later head gets one again */
+    assert_q_text(&q, "ok");
+    bufq_clear(&q);
+}
+
 static void test_consume_into_keep(void **state)
 {
     struct chunk *a = chunk_with("head|body");
@@ -661,6 +679,7 @@ int main(void)
         T(test_printf),
         T(test_iov_max),
         T(test_consume_partial_and_whole),
+        T(test_drained_queue_gives_back_scratch),
         T(test_consume_into_keep),
         T(test_ring_wraps),
         T(test_move),

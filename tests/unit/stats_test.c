@@ -541,10 +541,10 @@ static void test_loop_iterations(void **state)
 {
     struct worker_stats *w0 = worker(0), *w1 = worker(1);
     stats_loop_woke(w0, 1000000);
-    stats_loop_idle(w0, 1000000 + 3000, 5, 4, 3);
+    stats_loop_idle(w0, 1000000 + 3000, 5, 4, 3, 65536);
     stats_loop_woke(w0, 2000000);
-    stats_loop_idle(w0, 2000000 + 100, 6, 2, 1);
-    stats_loop_idle(w1, 5000, 1, 0, 0); /* no wake before: not an iteration */
+    stats_loop_idle(w0, 2000000 + 100, 6, 2, 1, 16384);
+    stats_loop_idle(w1, 5000, 1, 0, 0, 0); /* no wake before: not an iteration */
 
     char *t = prometheus();
     assert_true(sample(t, "umbra_worker_loop_iterations_total{worker=\"0\"}") == 2);
@@ -556,6 +556,7 @@ static void test_loop_iterations(void **state)
     assert_true(sample(t, "umbra_worker_downstream_connections_open{worker=\"0\"}") == 6);
     assert_true(sample(t, "umbra_worker_primary_streams_in_flight{worker=\"0\"}") == 2);
     assert_true(sample(t, "umbra_worker_mirror_copies_in_flight{worker=\"0\"}") == 1);
+    assert_true(sample(t, "umbra_worker_buffer_bytes{worker=\"0\"}") == 16384);
     assert_true(sample(t, "umbra_worker_downstream_connections_open{worker=\"1\"}") == 1);
     static const uint64_t busy[STATS_HIST_BUCKETS] = {1, 1, 1, 2, 2, 2, 2, 2, 2,
                                                       2, 2, 2, 2, 2, 2, 2, 2};
@@ -584,7 +585,7 @@ static void test_loop_stall_visible_while_stuck(void **state)
     assert_true(sample(t, "umbra_worker_loop_busy_max_seconds{worker=\"1\"}") == 0);
     free(t);
 
-    stats_loop_idle(w, woke + 2600000, 0, 0, 0);
+    stats_loop_idle(w, woke + 2600000, 0, 0, 0, 0);
     t = prometheus();
     assert_true(sample(t, "umbra_worker_loop_stalled_seconds{worker=\"1\"}") == 0);
     assert_true(sample(t, "umbra_worker_loop_busy_max_seconds{worker=\"1\"}") == 2.6);
@@ -614,7 +615,7 @@ static void test_loop_json(void **state)
 {
     struct worker_stats *w0 = worker(0), *w1 = worker(7);
     stats_loop_woke(w0, 10);
-    stats_loop_idle(w0, 10 + 1500, 3, 2, 1);
+    stats_loop_idle(w0, 10 + 1500, 3, 2, 1, 32768);
     stats_loop_woke(w1, stats_now_us() - 1000000);
 
     json_t *j = stats_json();
@@ -627,6 +628,7 @@ static void test_loop_json(void **state)
     assert_int_equal(jint(l, "downstream_connections", NULL), 3);
     assert_int_equal(jint(l, "primary_streams", NULL), 2);
     assert_int_equal(jint(l, "mirror_copies", NULL), 1);
+    assert_int_equal(jint(l, "buffer_bytes", NULL), 32768);
     assert_int_equal(jint(l, "busy", "count", NULL), 1);
     assert_true(json_number_value(json_object_get(l, "busy_max_seconds")) == 0.0015);
     assert_true(json_number_value(json_object_get(l, "stalled_seconds")) == 0);
