@@ -57,6 +57,11 @@ ratios). Knobs (environment):
                                     the attacker: what the attack costs a normal client
                                     through umbra, without the attacker's own CPU load
   KEEP_WORK=1                       keep the temp dir (logs, slowhttptest CSVs)
+  REFERENCES=nginx,haproxy          after umbra's conditions in each round, the same probe and
+                                    attacks through Debian's nginx (proxy_buffering off) and
+                                    HAProxy, each given umbra's limits, CPU and priority: what a
+                                    proxy at all costs the probe here. Their ratios are against
+                                    their own unloaded probe, taken at the start of their block
 """
 
 import asyncio
@@ -66,6 +71,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -329,6 +335,75 @@ routes:
 """
 
 
+REFERENCES = ("nginx", "haproxy")
+
+
+def nginx_config(ports, max_conns, port, work):
+    """umbra's limits in nginx's terms. proxy_buffering is off: with it on (the
+    default) nginx reads each slow reader's whole response into a temp file,
+    and on this VM the probe's p99 under slow read went to ~800 ms."""
+    tmp = os.path.join(work, "nginx-tmp")
+    os.makedirs(tmp, exist_ok=True)
+    return f"""daemon off; master_process off; worker_processes 1; worker_rlimit_nofile {2 * max_conns + 256};
+pid {work}/nginx.pid; error_log stderr error;
+events {{ worker_connections {2 * max_conns}; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  client_header_timeout {HEADER_TIMEOUT_S}s; client_body_timeout {BODY_TIMEOUT_S}s;
+  send_timeout {SEND_TIMEOUT_S}s; keepalive_timeout 30s; keepalive_requests 1000000;
+  proxy_http_version 1.1; proxy_set_header Connection "";
+  proxy_buffering off; proxy_buffer_size {CONNECTION_BUFFER // KIB}k; proxy_buffers 4 {CONNECTION_BUFFER // KIB}k;
+  upstream probe {{ server 127.0.0.1:{ports["echo-probe"]}; keepalive 64; }}
+  upstream echo {{ server 127.0.0.1:{ports["echo-attack"]}; keepalive 64; }}
+  upstream big {{ server 127.0.0.1:{ports["backend"]}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /probe {{ proxy_pass http://probe; }}
+    location /big/ {{ proxy_pass http://big; }}
+    location / {{ proxy_pass http://echo; }}
+  }}
+}}
+"""
+
+
+def haproxy_config(ports, max_conns, port):
+    """umbra's limits in HAProxy's terms: `timeout client` is its send and body
+    timeout (inactivity either way), `timeout http-request` the header
+    deadline; two buffers of connection_buffer per stream, as in umbra."""
+    return f"""global
+  nbthread 1
+  maxconn {2 * max_conns}
+  tune.bufsize {CONNECTION_BUFFER}
+defaults
+  mode http
+  timeout connect 2s
+  timeout client {SEND_TIMEOUT_S}s
+  timeout http-request {HEADER_TIMEOUT_S}s
+  timeout http-keep-alive 30s
+  timeout server 30s
+frontend ingress
+  bind 127.0.0.1:{port}
+  maxconn {max_conns}
+  use_backend probe if {{ path /probe }}
+  use_backend big if {{ path_beg /big/ }}
+  default_backend echo
+backend probe
+  server s 127.0.0.1:{ports["echo-probe"]}
+backend echo
+  server s 127.0.0.1:{ports["echo-attack"]}
+backend big
+  server s 127.0.0.1:{ports["backend"]}
+"""
+
+
+def free_port():
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
 def http_get(port, path):
     with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
         return r.read()
@@ -364,34 +439,60 @@ def shares(before, after, cpu):
     return (b1 - b0) / total, (n1 - n0) / total
 
 
-class Sampler(threading.Thread):
-    """Every second: umbra's open client connections (admin /stats) and RSS."""
+def tcp_established(port):
+    """Established TCP connections whose local port is `port` (/proc/net/tcp):
+    a reference proxy's client connections, which it has no admin API to tell."""
+    n = 0
+    for line in read_file("/proc/net/tcp").splitlines()[1:]:
+        f = line.split()
+        if len(f) > 3 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            n += 1
+    return n
 
-    def __init__(self, pid, admin_port):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.admin = admin_port
-        self.samples = []  # (monotonic, connections, rss bytes)
-        self.stopping = threading.Event()
 
-    def rss(self):
-        for line in read_file("/proc/%d/status" % self.pid).splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KIB
-        return 0
+def proc_rss(pid):
+    for line in read_file("/proc/%d/status" % pid).splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * KIB
+    return 0
+
+
+class Proxy:
+    """A proxy the probe goes through: umbra, or a reference (nginx, haproxy)
+    given the same limits, routes and backends."""
+
+    def __init__(self, name, proc, port, admin=None):
+        self.name, self.proc, self.port, self.admin = name, proc, port, admin
+        self.url = "http://127.0.0.1:%d" % port
 
     def conns(self):
+        if self.admin is None:
+            return tcp_established(self.port)
         try:
             return json.loads(http_get(self.admin, "/stats"))["downstream"]["connections_open"]
         except (OSError, ValueError, KeyError):
             return -1
 
+    def rss(self):
+        return proc_rss(self.proc.pid)
+
+
+class Sampler(threading.Thread):
+    """Every second: each proxy's open client connections and RSS."""
+
+    def __init__(self, proxies):
+        super().__init__(daemon=True)
+        self.proxies = proxies
+        self.samples = {p.name: [] for p in proxies}  # (monotonic, connections, rss bytes)
+        self.stopping = threading.Event()
+
     def run(self):
         while not self.stopping.wait(1.0):
-            self.samples.append((time.monotonic(), self.conns(), self.rss()))
+            for p in self.proxies:
+                self.samples[p.name].append((time.monotonic(), p.conns(), p.rss()))
 
-    def between(self, t0, t1):
-        return [s for s in self.samples if t0 <= s[0] <= t1]
+    def between(self, name, t0, t1):
+        return [s for s in self.samples[name] if t0 <= s[0] <= t1]
 
 
 def timeouts(admin_port):
@@ -475,6 +576,7 @@ class Bench:
         self.cfg = cfg
         self.procs = Procs(work)
         self.sampler = None
+        self.proxies = {}
 
     def start(self):
         work, cfg = self.work, self.cfg
@@ -492,19 +594,36 @@ class Bench:
         conf = os.path.join(work, "umbra.yaml")
         with open(conf, "w") as f:
             f.write(umbra_config(ports, cfg["max_conns"]))
-        self.umbra = self.procs.start("umbra", [self.umbra_bin, "-c", conf], UMBRA_CPU, rt=cfg["rt"])
+        umbra = self.procs.start("umbra", [self.umbra_bin, "-c", conf], UMBRA_CPU, rt=cfg["rt"])
         ulog = os.path.join(work, "umbra.log")
-        self.port = wait_for("umbra", log_match(ulog, r"listener ingress listening on 127\.0\.0\.1:(\d+)"))
+        port = wait_for("umbra", log_match(ulog, r"listener ingress listening on 127\.0\.0\.1:(\d+)"))
         self.admin = wait_for("umbra admin", log_match(ulog, r"admin listening on 127\.0\.0\.1:(\d+)"))
-        self.targets = {"umbra": "http://127.0.0.1:%d" % self.port,
-                        "control": "http://127.0.0.1:%d" % ports["control"]}
-        for url in (self.targets["umbra"] + "/probe", self.targets["umbra"] + "/big/x", self.targets["control"] + "/x"):
-            wait_for(url, lambda url=url: self.fetch_ok(url))
+        self.proxies["umbra"] = Proxy("umbra", umbra, port, self.admin)
+        for ref in cfg["references"]:
+            self.proxies[ref] = self.start_reference(ref, ports)
+        self.targets = {name: p.url for name, p in self.proxies.items()}
+        self.targets["control"] = "http://127.0.0.1:%d" % ports["control"]
+        for name in self.proxies:
+            for url in (self.targets[name] + "/probe", self.targets[name] + "/big/x"):
+                wait_for(url, lambda url=url: self.fetch_ok(url))
+        wait_for("control", lambda: self.fetch_ok(self.targets["control"] + "/x"))
         with open(os.path.join(work, "probe.lua"), "w") as f:
             f.write(PROBE_LUA)
-        self.sampler = Sampler(self.umbra.pid, self.admin)
-        self.idle_rss = self.sampler.rss()
+        self.sampler = Sampler(list(self.proxies.values()))
+        self.idle_rss = self.proxies["umbra"].rss()
         self.sampler.start()
+
+    def start_reference(self, name, ports):
+        """nginx or haproxy on umbra's CPU and priority, with umbra's limits."""
+        port = free_port()
+        conf = os.path.join(self.work, name + ".conf")
+        if name == "nginx":
+            text, argv = nginx_config(ports, self.cfg["max_conns"], port, self.work), ["nginx", "-c", conf]
+        else:
+            text, argv = haproxy_config(ports, self.cfg["max_conns"], port), ["haproxy", "-db", "-f", conf]
+        with open(conf, "w") as f:
+            f.write(text)
+        return Proxy(name, self.procs.start(name, argv, UMBRA_CPU, rt=self.cfg["rt"]), port)
 
     @staticmethod
     def fetch_ok(url):
@@ -514,11 +633,15 @@ class Bench:
         except OSError:
             return False
 
-    def measure(self, attack, target, tag):
+    def measure(self, attack, target, tag, via="umbra"):
+        """The probe through proxy `via`, while `attack` (or nothing) is aimed
+        at `target` (`via` itself or the control server)."""
         cfg = self.cfg
+        proxy = self.proxies[via]
+        pid = proxy.proc.pid
         atk = None
         prefix = os.path.join(self.work, tag)
-        before_t = timeouts(self.admin)
+        before_t = timeouts(self.admin) if via == "umbra" else {}
         if attack:
             argv = (["slowhttptest"] + ATTACK_ARGS[attack] +
                     ["-c", str(cfg["conns"]), "-r", str(cfg["rate"]), "-l", str(cfg["window"] + 2),
@@ -526,19 +649,19 @@ class Bench:
             out = open(prefix + ".out", "w")
             atk = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             time.sleep(0.5)  # the probe starts once the first attack connections are open
-        trace = start_loop_trace(self.umbra.pid, prefix + ".perf", cfg["window"]) if cfg["loop"] else None
-        t0, ticks0, umbra0 = time.monotonic(), cpu_ticks(), proc_cpu_s(self.umbra.pid)
-        probe = run_probe(self.work, self.targets["umbra"], cfg["window"], cfg)
-        t1, ticks1, umbra1 = time.monotonic(), cpu_ticks(), proc_cpu_s(self.umbra.pid)
+        trace = start_loop_trace(pid, prefix + ".perf", cfg["window"]) if cfg["loop"] else None
+        t0, ticks0, cpu0 = time.monotonic(), cpu_ticks(), proc_cpu_s(pid)
+        probe = run_probe(self.work, proxy.url, cfg["window"], cfg)
+        t1, ticks1, cpu1 = time.monotonic(), cpu_ticks(), proc_cpu_s(pid)
         if trace:
             trace.wait(timeout=30)
-        window = self.sampler.between(t0, t1 + 0.5)
+        window = self.sampler.between(via, t0, t1 + 0.5)
         busy0, niced0 = shares(ticks0, ticks1, UMBRA_CPU)
         busy1, niced1 = shares(ticks0, ticks1, LOAD_CPU)
-        umbra_share = (umbra1 - umbra0) / (t1 - t0)
+        proxy_share = (cpu1 - cpu0) / (t1 - t0)
         res = dict(probe)
-        res.update(attack=attack, target=target, umbra_cpu=umbra_share,
-                   other0=max(0.0, busy0 - umbra_share), niced0=niced0, busy1=busy1, niced1=niced1,
+        res.update(attack=attack, target=target, via=via, proxy_cpu=proxy_share,
+                   other0=max(0.0, busy0 - proxy_share), niced0=niced0, busy1=busy1, niced1=niced1,
                    conns_peak=max((s[1] for s in window), default=-1),
                    conns_end=window[-1][1] if window else -1,
                    rss_peak=max((s[2] for s in window), default=0),
@@ -550,9 +673,17 @@ class Bench:
                 atk.kill()
                 atk.wait()
             res["attacker_peak"] = slowhttptest_peak(prefix)
-            after_t = timeouts(self.admin)
-            res["timeouts"] = {k: v - before_t.get(k, 0) for k, v in after_t.items() if v != before_t.get(k, 0)}
-        wait_for("umbra's client connections to close", lambda: self.sampler.conns() == 0, timeout=30)
+            if via == "umbra":
+                after_t = timeouts(self.admin)
+                res["timeouts"] = {k: v - before_t.get(k, 0) for k, v in after_t.items() if v != before_t.get(k, 0)}
+        # A reference proxy may keep a connection it timed out for a while
+        # longer (nginx lingers on a close): wait, but do not fail the run.
+        try:
+            wait_for("%s's client connections to close" % via, lambda: proxy.conns() == 0, timeout=30)
+        except RuntimeError:
+            if via == "umbra":
+                raise
+            print("  (%s still had %d client connections after 30 s)" % (via, proxy.conns()))
         time.sleep(0.5)  # let the closes and frees settle before the next condition
         return res
 
@@ -570,13 +701,14 @@ def pct(v):
 def describe(r):
     s = "p50 %7s  p99 %7s  p99.9 %7s  max %7s  %5.0f req/s  errors %d" % (
         fmt_us(r["p50"]), fmt_us(r["p99"]), fmt_us(r["p999"]), fmt_us(r["max"]), r["rate"], r["errors"])
-    s += " | CPU0 umbra %s, other %s, niced %s; CPU1 %s, niced %s" % (
-        pct(r["umbra_cpu"]), pct(r["other0"]), pct(r["niced0"]), pct(r["busy1"]), pct(r["niced1"]))
+    s += " | CPU0 %s %s, other %s, niced %s; CPU1 %s, niced %s" % (
+        r["via"], pct(r["proxy_cpu"]), pct(r["other0"]), pct(r["niced0"]), pct(r["busy1"]), pct(r["niced1"]))
     if r.get("loop"):
-        s += " | umbra loop busy p99 %s p99.9 %s max %s, %d over 500 us" % (
+        s += " | %s loop busy p99 %s p99.9 %s max %s, %d over 500 us" % (r["via"],
             fmt_us(r["loop"]["p99"]), fmt_us(r["loop"]["p999"]), fmt_us(r["loop"]["max"]), r["loop"]["over500"])
-    if r["target"] == "umbra":
-        s += " | umbra conns peak %d end %d, RSS peak %.1f MB" % (r["conns_peak"], r["conns_end"], r["rss_peak"] / 2**20)
+    if r["target"] == r["via"]:
+        s += " | %s conns peak %d end %d, RSS peak %.1f MB" % (r["via"], r["conns_peak"], r["conns_end"],
+                                                              r["rss_peak"] / 2**20)
     if r.get("attacker_peak") is not None:
         s += " | attacker held %d" % r["attacker_peak"]
     if r.get("timeouts"):
@@ -590,7 +722,7 @@ def med(values):
 
 def summary(rounds, attacks, bench, cfg):
     lines = ["| condition | p50 | p99 | p99.9 | probe errors | p99 / unloaded | p99 / control "
-             "| umbra connections peak / end | umbra RSS peak | umbra CPU | umbra loop busy p99 / p99.9 / max |",
+             "| proxy's client connections peak / end | proxy RSS peak | proxy CPU | proxy loop busy p99 / p99.9 / max |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def loop_cell(rs):
@@ -606,7 +738,7 @@ def summary(rounds, attacks, bench, cfg):
         lines.append("| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
             name, fmt_us(med([r["p50"] for r in rs])), fmt_us(med([r["p99"] for r in rs])),
             fmt_us(med([r["p999"] for r in rs])), sum(r["errors"] for r in rs), vs_unloaded, vs_control,
-            conns, rss, pct(med([r["umbra_cpu"] for r in rs])), loop_cell(rs)))
+            conns, rss, pct(med([r["proxy_cpu"] for r in rs])), loop_cell(rs)))
 
     base = [dict(r["unloaded"], p99=(r["unloaded"]["p99"] + r["unloaded-again"]["p99"]) / 2) for r in rounds]
     row("unloaded (start of round)", [r["unloaded"] for r in rounds], "", "", True)
@@ -624,7 +756,16 @@ def summary(rounds, attacks, bench, cfg):
         verdicts.append("%s: p99 %.2f x unloaded (%s), %.2f x control (%s)" % (
             ATTACK_LABEL[a], vs_u, "within 10 %" if vs_u <= 1.10 else "NOT within 10 %",
             vs_c, "within 10 %" if vs_c <= 1.10 else "NOT within 10 %"))
-    everything = [r for rr in rounds for r in rr.values()]
+    for ref in cfg["references"]:
+        ref_base = [r[None, ref] for r in rounds]
+        row("unloaded, through %s" % ref, ref_base, "", "", True)
+        for a in attacks:
+            on = [r[a, ref] for r in rounds]
+            vs_u = med([x["p99"] / b["p99"] for x, b in zip(on, ref_base)])
+            row("%s on %s" % (ATTACK_LABEL[a], ref), on, "%.2f" % vs_u, "", True)
+            verdicts.append("%s through %s: p99 %.2f x unloaded through %s (%s)" % (
+                ATTACK_LABEL[a], ref, vs_u, ref, "within 10 %" if vs_u <= 1.10 else "NOT within 10 %"))
+    everything = [r for rr in rounds for r in rr.values() if r["via"] == "umbra"]
     peak = max(r["conns_peak"] for r in everything)
     rss = max(r["rss_peak"] for r in everything)
     lines.append("")
@@ -638,7 +779,7 @@ def summary(rounds, attacks, bench, cfg):
     per_conn = (rss - bench.idle_rss) / max(peak, 1)
     lines.append("umbra RSS: peak %.1f MB, idle %.1f MB, at the end %.1f MB (the allocator keeps what was freed); "
                  "(peak - idle) / peak connections = %.0f KiB = %.2f x (2 x connection_buffer of %d KiB, one per "
-                 "direction)" % (rss / 2**20, bench.idle_rss / 2**20, bench.sampler.rss() / 2**20, per_conn / KIB,
+                 "direction)" % (rss / 2**20, bench.idle_rss / 2**20, bench.proxies["umbra"].rss() / 2**20, per_conn / KIB,
                                  per_conn / (2 * CONNECTION_BUFFER), CONNECTION_BUFFER // KIB))
     other = med([r["other0"] for r in everything])
     if other > 0.05 and not cfg["rt"]:
@@ -661,7 +802,13 @@ def main():
             sys.exit("slow_clients: %s is missing (scripts/install-deps.sh)" % tool)
     if os.cpu_count() < 2:
         sys.exit("slow_clients: needs two CPUs (umbra on CPU 0, everything else on CPU 1)")
-    cfg = dict(rounds=env_int("ROUNDS", 3), window=env_int("WINDOW_S", 15),
+    references = [r for r in os.environ.get("REFERENCES", "").split(",") if r]
+    for ref in references:
+        if ref not in REFERENCES:
+            sys.exit("slow_clients: unknown reference %r (one of %s)" % (ref, ", ".join(REFERENCES)))
+        if not shutil.which(ref):
+            sys.exit("slow_clients: %s is missing (scripts/install-deps.sh)" % ref)
+    cfg = dict(references=references, rounds=env_int("ROUNDS", 3), window=env_int("WINDOW_S", 15),
                conns=env_int("ATTACK_CONNS", 2000), rate=env_int("ATTACK_RATE", 200),
                probe_conns=env_int("PROBE_CONNS", 4), delay_ms=env_int("PROBE_DELAY_MS", 2),
                max_conns=env_int("MAX_CONNECTIONS", 4096), big=env_int("BIG_BYTES", 4 << 20),
@@ -707,15 +854,22 @@ def main():
                     print("  %-18s %s" % ("%s/%s" % (a, t), describe(results[a, t])), flush=True)
             results["unloaded-again"] = bench.measure(None, "umbra", "r%d-unloaded-again" % i)
             print("  %-18s %s" % ("unloaded again", describe(results["unloaded-again"])), flush=True)
+            for ref in cfg["references"]:
+                results[None, ref] = bench.measure(None, ref, "r%d-%s-unloaded" % (i, ref), via=ref)
+                print("  %-18s %s" % ("unloaded/" + ref, describe(results[None, ref])), flush=True)
+                for a in order:
+                    results[a, ref] = bench.measure(a, ref, "r%d-%s-%s" % (i, a, ref), via=ref)
+                    print("  %-18s %s" % ("%s/%s" % (a, ref), describe(results[a, ref])), flush=True)
             rounds.append(results)
         if cfg["loop"]:  # parsed after the measuring, so that it costs none of them CPU time
-            print("umbra's loop, per condition (busy stretches p99 / p99.9 / max):")
+            print("the proxy's loop, per condition (busy stretches p99 / p99.9 / max):")
             for i, results in enumerate(rounds):
                 for key, r in results.items():
                     r["loop"] = loop_stats(r["loop_trace"])
                     if r["loop"]:
+                        name = key if isinstance(key, str) else "%s/%s" % (key[0] or "unloaded", key[1])
                         print("  round %d %-18s %s / %s / %s, %d iterations, %d over 500 us" % (
-                            i + 1, key if isinstance(key, str) else "%s/%s" % key, fmt_us(r["loop"]["p99"]),
+                            i + 1, name, fmt_us(r["loop"]["p99"]),
                             fmt_us(r["loop"]["p999"]), fmt_us(r["loop"]["max"]), r["loop"]["iterations"],
                             r["loop"]["over500"]))
         print()
