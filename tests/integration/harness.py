@@ -383,7 +383,8 @@ class Metrics:
 
 
 def counter(u, name, **labels):
-    """The sum of a counter's series matching labels, from u's /metrics."""
+    """The sum of a metric's series matching labels (a counter's, or a
+    gauge's), from u's /metrics."""
     return int(u.metrics().sum(name, **labels))
 
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from harness import Client, build_request, chunked, make_config, wait_until
+from harness import Client, build_request, chunked, counter, make_config, wait_until
 
 
 def seen(resp):
@@ -295,10 +295,6 @@ def test_idle_client_connection_closed(procs):
 BUF_CHUNK_SIZE = 16384  # src/core/buf.h
 
 
-def buffer_bytes(u):
-    return u.metrics().sum("umbra_worker_buffer_bytes")
-
-
 def test_idle_keepalive_clients_hold_no_buffers(procs):
     """Between requests a keep-alive client holds no buffer chunk, neither for
     what it sends nor for what it is sent: 200 idle clients that each made a
@@ -313,7 +309,7 @@ def test_idle_keepalive_clients_hold_no_buffers(procs):
             clients.append(c)
             assert seen(c.request("POST", "/idle/%d" % k, body=b"x" * 3000))["target"] == "/idle/%d" % k
         # The gauge is published at the end of each loop iteration.
-        wait_until(lambda: buffer_bytes(u) < 2 * BUF_CHUNK_SIZE, timeout=5,
+        wait_until(lambda: counter(u, "umbra_worker_buffer_bytes") < 2 * BUF_CHUNK_SIZE, timeout=5,
                    what="umbra_worker_buffer_bytes under two chunks with 200 idle clients")
         assert seen(clients[0].request("GET", "/still-open"))["target"] == "/still-open"
     finally:

@@ -339,9 +339,10 @@ REFERENCES = ("nginx", "haproxy")
 
 
 def nginx_config(ports, max_conns, port, work):
-    """umbra's limits in nginx's terms. proxy_buffering is off: with it on (the
-    default) nginx reads each slow reader's whole response into a temp file,
-    and on this VM the probe's p99 under slow read went to ~800 ms."""
+    """umbra's limits in nginx's terms. proxy_buffering is off, so that nginx,
+    like umbra, streams a response through one bounded buffer per connection;
+    with it on (the default) nginx spools each slow reader's whole response
+    to a temp file, disk work umbra never does."""
     tmp = os.path.join(work, "nginx-tmp")
     os.makedirs(tmp, exist_ok=True)
     return f"""daemon off; master_process off; worker_processes 1; worker_rlimit_nofile {2 * max_conns + 256};
