@@ -2,7 +2,8 @@
 #
 #   make            release build: build/umbra
 #   make run        install deps, build, start `umbra demo`
-#   make check      install deps, unit + integration tests under ASan/UBSan
+#   make check      install deps, unit + integration tests under ASan/UBSan,
+#                   and the release build's allocator test
 #   make bench      load benchmarks (bench/run.sh)
 #   make fuzz       every libFuzzer target for FUZZ_SECONDS each
 #   make clean
@@ -34,7 +35,7 @@ FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
 PYTEST      := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run check unit integration conformance bench fuzz fuzz-build fuzz-replay deps clean asan \
+.PHONY: all run check unit integration conformance release-tests bench fuzz fuzz-build fuzz-replay deps clean asan \
         soak soak-short slow-clients lint
 
 all: build/umbra
@@ -83,11 +84,16 @@ check: deps
 	@$(MAKE) --no-print-directory fuzz-replay
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory conformance
+	@$(MAKE) --no-print-directory release-tests
 	@$(MAKE) --no-print-directory soak-short
 
 # HTTP/1.1 framing and smuggling cases, limits, and the fault upstream.
 conformance: build/asan/umbra
 	UMBRA_BIN=$(CURDIR)/build/asan/umbra $(PYTEST) -q -p no:cacheprovider tests/conformance tests/faults $(PYTEST_ARGS)
+
+# What only the release build shows (glibc's allocator, not ASan's).
+release-tests: build/umbra
+	UMBRA_BIN=$(CURDIR)/build/umbra $(PYTEST) -q -p no:cacheprovider tests/release $(PYTEST_ARGS)
 
 # Mixed load while the shadow cycles healthy/slow/black-hole/down; fails if
 # RSS or descriptors grow without bound or any primary request fails.

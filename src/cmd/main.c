@@ -7,6 +7,7 @@
 #include "cmd/demo.h"
 #include "cmd/echo.h"
 #include "core/config.h"
+#include "core/heap.h"
 #include "core/server.h"
 
 #ifndef UMBRA_VERSION
@@ -73,6 +74,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    heap_tune();
     const char *cmd = argv[1];
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
         printf("umbra %s\n", UMBRA_VERSION);
