@@ -879,6 +879,7 @@ class Bench:
                     self.results[name]["errors"].append(str(e))
                     print(f"FAILED: {e}")
                     continue
+                row["round"] = r
                 self.results[name]["runs"].append(row)
                 print(progress_line(row))
 
@@ -946,7 +947,27 @@ def ratio(a, b):
     return round(a / b, 3)
 
 
-def comparisons(medians):
+PAIRED = {"rps": lambda r: r["rps"], "p99": lambda r: r["latency_us"]["p99"],
+          "cpu_per_req": lambda r: r.get("proxy_cpu_us_per_req")}
+
+
+def paired(runs_a, runs_b):
+    """Each round runs every scenario a few seconds apart, so a ratio taken
+    within a round cancels the machine's drift between rounds (on a shared
+    VM, larger than the effects measured). Per key: the median of the
+    per-round ratios, and their lowest and highest."""
+    by_round = {r["round"]: r for r in runs_b}
+    out = {}
+    for key, get in PAIRED.items():
+        values = [ratio(get(ra), get(by_round[ra["round"]])) for ra in runs_a
+                  if ra["round"] in by_round]
+        values = [v for v in values if v is not None]
+        out[key] = ({"median": round(statistics.median(values), 3), "min": min(values),
+                     "max": max(values), "rounds": len(values)} if values else None)
+    return out
+
+
+def comparisons(medians, results):
     rows = []
     for a, b in COMPARISONS:
         ma, mb = medians.get(a), medians.get(b)
@@ -957,6 +978,7 @@ def comparisons(medians):
             "rps": ratio(ma["rps"], mb["rps"]),
             "p99": ratio(ma["p99_us"], mb["p99_us"]),
             "cpu_per_req": ratio(ma["proxy_cpu_us_per_req"], mb["proxy_cpu_us_per_req"]),
+            "paired": paired(results[a]["runs"], results[b]["runs"]),
         })
     return rows
 
@@ -1018,17 +1040,27 @@ def print_handshakes(settings, names, medians, results):
               f"{m['errors_total']:>8}")
 
 
+def fmt_paired(p):
+    if not p:
+        return "-"
+    return f"{p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f})"
+
+
 def print_ratios(rows, unit, per):
     if not rows:
         return
     print()
-    print(f"ratios of medians ({unit}/s: higher is better; p99, CPU/{per}: lower is better)")
-    head = f"{'':<44}{unit + '/s':>8}{'p99':>8}{'CPU/' + per:>9}"
+    print(f"ratios of medians, then the median (and range) of ratios within each round "
+          f"({unit}/s: higher is better; p99, CPU/{per}: lower is better)")
+    head = (f"{'':<44}{unit + '/s':>8}{'p99':>8}{'CPU/' + per:>9}"
+            f"{'paired ' + unit + '/s':>22}{'paired p99':>20}")
     print(head)
     print("-" * len(head))
     for r in rows:
+        pr = r.get("paired") or {}
         print(f"{r['name']:<44}{fmt(r['rps'], '.2f'):>8}{fmt(r['p99'], '.2f'):>8}"
-              f"{fmt(r['cpu_per_req'], '.2f'):>9}")
+              f"{fmt(r['cpu_per_req'], '.2f'):>9}{fmt_paired(pr.get('rps')):>22}"
+              f"{fmt_paired(pr.get('p99')):>20}")
 
 
 def print_table(settings, medians, ratios, results):
@@ -1147,7 +1179,7 @@ def main():
         bench.cleanup()
 
     medians = {n: summarize(r["runs"]) for n, r in bench.results.items()}
-    ratios = comparisons(medians)
+    ratios = comparisons(medians, bench.results)
     doc["scenarios"] = {
         n: {"what": SCENARIO_BY_NAME[n].what, "median": medians[n], **bench.results[n]}
         for n in settings.scenarios
