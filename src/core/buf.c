@@ -117,6 +117,20 @@ void bufq_push_copy(struct bufq *q, const void *p, size_t n)
     bufq_push(q, q->scratch, dst, n);
 }
 
+void bufq_push_uint(struct bufq *q, uint64_t v, unsigned base)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[24]; /* 2^64 - 1 has 20 decimal digits */
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = digits[v % base];
+        v /= base;
+    } while (v);
+    bufq_push_copy(q, tmp + i, sizeof tmp - i);
+}
+
+void bufq_push_str(struct bufq *q, const char *s) { bufq_push_copy(q, s, strlen(s)); }
+
 void bufq_printf(struct bufq *q, const char *fmt, ...)
 {
     char tmp[512];

@@ -61,7 +61,12 @@ void bufq_clear(struct bufq *q);
 void bufq_push(struct bufq *q, struct chunk *c, const char *p, size_t len);
 /** Queues a copy of n bytes (small: framing, heads). */
 void bufq_push_copy(struct bufq *q, const void *p, size_t n);
-/** printf into the queue (copied). */
+/** v in decimal (base 10) or lowercase hex (base 16), copied: the framing
+ *  numbers every request and response carries, without printf's cost. */
+void bufq_push_uint(struct bufq *q, uint64_t v, unsigned base);
+/** A NUL-terminated string, copied. */
+void bufq_push_str(struct bufq *q, const char *s);
+/** printf into the queue (copied); for rare paths. */
 void bufq_printf(struct bufq *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /** Fills up to max iovecs from the front; returns how many. */
 int bufq_iov(const struct bufq *q, struct iovec *iov, int max);

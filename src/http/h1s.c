@@ -645,14 +645,20 @@ void h1s_response_head(struct h1s *c, const struct http_response *resp)
     c->status = resp->status;
     c->resp_started = true;
     struct bufq *q = &c->out;
-    bufq_printf(q, "HTTP/1.1 %d %.*s\r\n", resp->status, (int)resp->reason.len, resp->reason.p);
+    bufq_push_copy(q, "HTTP/1.1 ", 9);
+    bufq_push_uint(q, (uint64_t)resp->status, 10);
+    bufq_push_copy(q, " ", 1);
+    bufq_push_copy(q, resp->reason.p, resp->reason.len);
+    bufq_push_copy(q, "\r\n", 2);
     for (size_t i = 0; i < resp->nfields; i++) {
         const http_field *f = &resp->fields[i];
         h1_write_field(q, f->name.p, f->name.len, f->value.p, f->value.len);
     }
-    if (c->rs_kind == RS_LENGTH)
-        bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)resp->content_length);
-    else if (c->rs_kind == RS_CHUNKED) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    if (c->rs_kind == RS_LENGTH) {
+        bufq_push_copy(q, "Content-Length: ", 16);
+        bufq_push_uint(q, resp->content_length, 10);
+        bufq_push_copy(q, "\r\n", 2);
+    } else if (c->rs_kind == RS_CHUNKED) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
     if (!c->keep_alive || !c->rq_done) {
         c->keep_alive = false; /* said close: must close, even if the body ends later */
         bufq_push_copy(q, "Connection: close\r\n", 19);
@@ -663,7 +669,7 @@ void h1s_response_head(struct h1s *c, const struct http_response *resp)
 void h1s_response_data(struct h1s *c, struct chunk *ch, const char *p, size_t n)
 {
     if (n == 0 || c->state == H1S_CLOSED) return;
-    if (c->rs_kind == RS_CHUNKED) bufq_printf(&c->out, "%zx\r\n", n);
+    if (c->rs_kind == RS_CHUNKED) h1_write_chunk_size(&c->out, n);
     bufq_push(&c->out, ch, p, n);
     if (c->rs_kind == RS_CHUNKED) bufq_push_copy(&c->out, "\r\n", 2);
     c->resp_body_bytes += n;

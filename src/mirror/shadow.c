@@ -577,7 +577,7 @@ void shadow_body(struct stream *s, struct chunk *c, const char *p, size_t n)
             mc_end(mc, MO_DROPPED_OVERFLOW, false);
             continue;
         }
-        if (mc->up_chunked) bufq_printf(&ch->up->out, "%zx\r\n", n);
+        if (mc->up_chunked) h1_write_chunk_size(&ch->up->out, n);
         bufq_push(&ch->up->out, c, p, n);
         if (mc->up_chunked) bufq_push_copy(&ch->up->out, "\r\n", 2);
         ch_dirty(ch);

@@ -138,7 +138,7 @@ static void queue_body(struct stream *s, struct chunk *c, const char *p, size_t 
 {
     if (s->copies) shadow_body(s, c, p, n);
     if (!s->up) return;
-    if (s->up_chunked) bufq_printf(&s->up->out, "%zx\r\n", n);
+    if (s->up_chunked) h1_write_chunk_size(&s->up->out, n);
     bufq_push(&s->up->out, c, p, n);
     if (s->up_chunked) bufq_push_copy(&s->up->out, "\r\n", 2);
 }

@@ -70,22 +70,34 @@ void h1_write_request_head(struct bufq *q, const struct http_request *r, const s
         if (m && mirror_drops(m, f->name)) continue;
         h1_write_field(q, f->name.p, f->name.len, f->value.p, f->value.len);
     }
-    if (r->forwarded_for.len)
-        bufq_printf(q, "X-Forwarded-For: %.*s, %s\r\n", (int)r->forwarded_for.len,
-                    r->forwarded_for.p, r->client_ip);
-    else if (r->client_ip[0]) /* empty when a scrub policy removed X-Forwarded-For */
-        bufq_printf(q, "X-Forwarded-For: %s\r\n", r->client_ip);
-    bufq_printf(q, "X-Forwarded-Proto: %s\r\nX-Request-Id: %.*s\r\n", r->tls ? "https" : "http",
-                (int)r->request_id.len, r->request_id.p);
+    if (r->forwarded_for.len || r->client_ip[0]) { /* both empty when a scrub policy removed it */
+        bufq_push_copy(q, "X-Forwarded-For: ", 17);
+        bufq_push_copy(q, r->forwarded_for.p, r->forwarded_for.len);
+        if (r->forwarded_for.len) bufq_push_copy(q, ", ", 2);
+        bufq_push_str(q, r->client_ip);
+        bufq_push_copy(q, "\r\n", 2);
+    }
+    bufq_push_str(q, r->tls ? "X-Forwarded-Proto: https\r\nX-Request-Id: "
+                            : "X-Forwarded-Proto: http\r\nX-Request-Id: ");
+    bufq_push_copy(q, r->request_id.p, r->request_id.len);
+    bufq_push_copy(q, "\r\n", 2);
     if (m) {
         for (size_t i = 0; i < m->nset_headers; i++)
             h1_write_field(q, m->set_headers[i].name, strlen(m->set_headers[i].name),
                            m->set_headers[i].value, strlen(m->set_headers[i].value));
         bufq_push_copy(q, "x-umbra-shadow: 1\r\n", 19);
     }
-    if (r->has_body && r->length_known)
-        bufq_printf(q, "Content-Length: %lu\r\n", (unsigned long)r->content_length);
-    else if (r->has_body) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    if (r->has_body && r->length_known) {
+        bufq_push_copy(q, "Content-Length: ", 16);
+        bufq_push_uint(q, r->content_length, 10);
+        bufq_push_copy(q, "\r\n", 2);
+    } else if (r->has_body) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    bufq_push_copy(q, "\r\n", 2);
+}
+
+void h1_write_chunk_size(struct bufq *q, size_t n)
+{
+    bufq_push_uint(q, n, 16);
     bufq_push_copy(q, "\r\n", 2);
 }
 

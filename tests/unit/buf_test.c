@@ -293,6 +293,29 @@ static void test_printf(void **state)
     bufq_clear(&q);
 }
 
+static void test_push_uint(void **state)
+{
+    struct bufq q;
+    bufq_init(&q);
+    bufq_push_uint(&q, 0, 10);
+    bufq_push_copy(&q, " ", 1);
+    bufq_push_uint(&q, 42, 10);
+    bufq_push_copy(&q, " ", 1);
+    bufq_push_uint(&q, UINT64_MAX, 10);
+    bufq_push_copy(&q, " ", 1);
+    bufq_push_uint(&q, 0, 16);
+    bufq_push_copy(&q, " ", 1);
+    bufq_push_uint(&q, 0x3fab, 16);
+    bufq_push_copy(&q, " ", 1);
+    bufq_push_uint(&q, UINT64_MAX, 16);
+    bufq_push_copy(&q, " ", 1);
+    bufq_push_str(&q, "end");
+    assert_q_text(&q, "0 42 18446744073709551615 0 3fab ffffffffffffffff end");
+    /* Each is a copy: one contiguous slice of the scratch chunk. */
+    assert_int_equal(q.count, 1);
+    bufq_clear(&q);
+}
+
 static void test_iov_max(void **state)
 {
     struct chunk *c = chunk_with("0123456789");
@@ -677,6 +700,7 @@ int main(void)
         T(test_push_copy_interleaved),
         T(test_push_copy_new_scratch_when_full),
         T(test_printf),
+        T(test_push_uint),
         T(test_iov_max),
         T(test_consume_partial_and_whole),
         T(test_drained_queue_gives_back_scratch),

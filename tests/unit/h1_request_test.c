@@ -425,6 +425,21 @@ static void test_shadow_marker_once(void **state)
     free(h);
 }
 
+/* ---- chunk sizes ---- */
+
+static void test_chunk_size(void **state)
+{
+    struct bufq q;
+    bufq_init(&q);
+    h1_write_chunk_size(&q, 1);
+    h1_write_chunk_size(&q, 0x4000);
+    h1_write_chunk_size(&q, 50u * 1024 * 1024 + 7);
+    char *got = q_text(&q);
+    assert_string_equal(got, "1\r\n4000\r\n3200007\r\n");
+    free(got);
+    bufq_clear(&q);
+}
+
 /* ---- chunked end ---- */
 
 static void test_chunked_end(void **state)
@@ -467,6 +482,7 @@ int main(void)
         T(test_shadow_remove_headers),
         T(test_shadow_set_headers_replace),
         T(test_shadow_marker_once),
+        T(test_chunk_size),
         T(test_chunked_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
