@@ -12,7 +12,7 @@ measures; it asserts nothing about the numbers.
 Settings come from the environment (see bench/README.md): BENCH_RUNS,
 BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_WARMUP, BENCH_SCENARIOS, BENCH_PRIMARY,
 BENCH_UMBRA, BENCH_OUT, BENCH_KEEP, BENCH_WRK_TIMEOUT, BENCH_TLS_KEY,
-BENCH_TLS_CONCURRENCY.
+BENCH_TLS_CONCURRENCY, BENCH_PACE_MS.
 """
 import ctypes
 import http.client
@@ -102,6 +102,7 @@ class Settings:
     keep: bool
     tls_key: str
     tls_concurrency: int
+    pace_ms: int  # 0: closed loop, as fast as answers come; else each connection waits this long between requests
 
     @classmethod
     def from_env(cls):
@@ -146,6 +147,7 @@ class Settings:
             keep=os.environ.get("BENCH_KEEP", "") not in ("", "0"),
             tls_key=tls_key,
             tls_concurrency=env_int("BENCH_TLS_CONCURRENCY", 16),
+            pace_ms=env_int("BENCH_PACE_MS", 0, minimum=0),
         )
 
 
@@ -617,12 +619,12 @@ def _stat_fields(pid):
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def run_benchjson(what, argv, seconds):
+def run_benchjson(what, argv, seconds, env=None):
     """Runs a load generator pinned to LOAD_CPU; returns its BENCHJSON line."""
     argv = ["taskset", "-c", str(LOAD_CPU)] + [str(a) for a in argv]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
-                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{what} did not finish within {seconds + 30}s")
     for line in done.stdout.splitlines():
@@ -638,7 +640,8 @@ def run_wrk(settings, target, seconds):
     return run_benchjson("wrk", [
         "wrk", "-t", settings.threads, "-c", settings.connections,
         "-d", f"{seconds}s", "--latency", "--timeout", f"{settings.wrk_timeout}s",
-        "-s", script, f"{scheme}://{target.addr}/"], seconds)
+        "-s", script, f"{scheme}://{target.addr}/"], seconds,
+        env=dict(os.environ, BENCH_PACE_MS=str(settings.pace_ms)))
 
 
 def run_handshakes(bench, target, seconds):
@@ -996,7 +999,9 @@ def failed_line(name, results):
 def print_requests(settings, names, medians, results):
     tls = any(n.endswith("-tls") for n in names)
     print(f"umbra bench: median of {settings.runs} run(s) x {settings.seconds}s, "
-          f"{settings.connections} keep-alive connections, wrk 1 thread; "
+          f"{settings.connections} keep-alive connections, wrk 1 thread"
+          + (f", each connection {settings.pace_ms} ms between requests (paced)"
+             if settings.pace_ms else "") + "; "
           f"proxy on CPU {PROXY_CPU}, wrk + backends on CPU {LOAD_CPU}; "
           f"primary: {settings.primary}"
           + (f"; proxy held to {settings.proxy_cpus:g} of CPU {PROXY_CPU} (CFS quota)"
@@ -1104,6 +1109,7 @@ def meta(settings):
         "primary": settings.primary,
         "tls_certificate": TLS_KEYS[settings.tls_key][0],
         "tls_handshake_concurrency": settings.tls_concurrency,
+        "pace_ms": settings.pace_ms,
         "shadow_timeout": SHADOW_TIMEOUT, "slow_shadow_delay_s": SLOW_SHADOW_DELAY,
         "versions": {
             "nginx": tool_version(["nginx", "-v"]),

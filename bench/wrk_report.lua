@@ -1,7 +1,15 @@
 -- wrk_report.lua — prints one run's results as a single JSON line prefixed
 -- with "BENCHJSON ", so bench.py never scrapes wrk's human text.
 -- Only done() is defined: a request()/response() hook would run Lua on every
--- request and slow wrk down, which shares a core with the backend.
+-- request and slow wrk down, which shares a core with the backend. With
+-- BENCH_PACE_MS set, delay() holds each connection that long between an
+-- answer and its next request: an offered load below saturation, where p99
+-- is the latency a proxy adds rather than queueing.
+
+local pace = tonumber(os.getenv("BENCH_PACE_MS") or "")
+if pace and pace > 0 then
+  delay = function() return pace end
+end
 
 local function num(x)
   -- wrk hands back NaN/inf for empty histograms; JSON has neither.
