@@ -295,20 +295,16 @@ static void test_printf(void **state)
 
 static void test_push_uint(void **state)
 {
+    static const struct {
+        uint64_t v;
+        unsigned base;
+    } cases[] = {{0, 10}, {42, 10}, {UINT64_MAX, 10}, {0, 16}, {0x3fab, 16}, {UINT64_MAX, 16}};
     struct bufq q;
     bufq_init(&q);
-    bufq_push_uint(&q, 0, 10);
-    bufq_push_copy(&q, " ", 1);
-    bufq_push_uint(&q, 42, 10);
-    bufq_push_copy(&q, " ", 1);
-    bufq_push_uint(&q, UINT64_MAX, 10);
-    bufq_push_copy(&q, " ", 1);
-    bufq_push_uint(&q, 0, 16);
-    bufq_push_copy(&q, " ", 1);
-    bufq_push_uint(&q, 0x3fab, 16);
-    bufq_push_copy(&q, " ", 1);
-    bufq_push_uint(&q, UINT64_MAX, 16);
-    bufq_push_copy(&q, " ", 1);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bufq_push_uint(&q, cases[i].v, cases[i].base);
+        bufq_push_str(&q, " ");
+    }
     bufq_push_str(&q, "end");
     assert_q_text(&q, "0 42 18446744073709551615 0 3fab ffffffffffffffff end");
     /* Each is a copy: one contiguous slice of the scratch chunk. */
