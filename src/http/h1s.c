@@ -654,11 +654,8 @@ void h1s_response_head(struct h1s *c, const struct http_response *resp)
         const http_field *f = &resp->fields[i];
         h1_write_field(q, f->name.p, f->name.len, f->value.p, f->value.len);
     }
-    if (c->rs_kind == RS_LENGTH) {
-        bufq_push_copy(q, "Content-Length: ", 16);
-        bufq_push_uint(q, resp->content_length, 10);
-        bufq_push_copy(q, "\r\n", 2);
-    } else if (c->rs_kind == RS_CHUNKED) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    if (c->rs_kind == RS_LENGTH) h1_write_content_length(q, resp->content_length);
+    else if (c->rs_kind == RS_CHUNKED) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
     if (!c->keep_alive || !c->rq_done) {
         c->keep_alive = false; /* said close: must close, even if the body ends later */
         bufq_push_copy(q, "Connection: close\r\n", 19);

@@ -87,11 +87,15 @@ void h1_write_request_head(struct bufq *q, const struct http_request *r, const s
                            m->set_headers[i].value, strlen(m->set_headers[i].value));
         bufq_push_copy(q, "x-umbra-shadow: 1\r\n", 19);
     }
-    if (r->has_body && r->length_known) {
-        bufq_push_copy(q, "Content-Length: ", 16);
-        bufq_push_uint(q, r->content_length, 10);
-        bufq_push_copy(q, "\r\n", 2);
-    } else if (r->has_body) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    if (r->has_body && r->length_known) h1_write_content_length(q, r->content_length);
+    else if (r->has_body) bufq_push_copy(q, "Transfer-Encoding: chunked\r\n", 28);
+    bufq_push_copy(q, "\r\n", 2);
+}
+
+void h1_write_content_length(struct bufq *q, uint64_t n)
+{
+    bufq_push_copy(q, "Content-Length: ", 16);
+    bufq_push_uint(q, n, 10);
     bufq_push_copy(q, "\r\n", 2);
 }
 

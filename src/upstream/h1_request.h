@@ -21,6 +21,9 @@ void h1_write_field(struct bufq *q, const char *name, size_t nlen, const char *v
 void h1_write_request_head(struct bufq *q, const struct http_request *r,
                            const struct cfg_mirror *m);
 
+/** Appends "Content-Length: n\r\n". */
+void h1_write_content_length(struct bufq *q, uint64_t n);
+
 /** Appends a chunk's size line: n in hex, CRLF. */
 void h1_write_chunk_size(struct bufq *q, size_t n);
 

@@ -440,6 +440,18 @@ static void test_chunk_size(void **state)
     bufq_clear(&q);
 }
 
+static void test_content_length(void **state)
+{
+    struct bufq q;
+    bufq_init(&q);
+    h1_write_content_length(&q, 0);
+    h1_write_content_length(&q, 52428800);
+    char *got = q_text(&q);
+    assert_string_equal(got, "Content-Length: 0\r\nContent-Length: 52428800\r\n");
+    free(got);
+    bufq_clear(&q);
+}
+
 /* ---- chunked end ---- */
 
 static void test_chunked_end(void **state)
@@ -483,6 +495,7 @@ int main(void)
         T(test_shadow_set_headers_replace),
         T(test_shadow_marker_once),
         T(test_chunk_size),
+        T(test_content_length),
         T(test_chunked_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
