@@ -1,7 +1,9 @@
 /* hsrv — the buffered HTTP/1.1 server behind umbra's own endpoints. Each
  * connection reads one request whole (head through h1, body by length or
  * de-chunked), calls the handler, and queues the response bytes in order.
- * Not for proxying: bodies are held in memory, trailers are dropped. */
+ * A connection that opens with the HTTP/2 preface is handed to hsrv_h2,
+ * and this file only moves its bytes. Not for proxying: bodies are held in
+ * memory, trailers are dropped. */
 #include "http/hsrv.h"
 
 #include <errno.h>
@@ -19,6 +21,7 @@
 #include "core/log.h"
 #include "core/net.h"
 #include "http/h1.h"
+#include "http/hsrv_h2.h"
 
 #define HSRV_READ_SIZE (64 * 1024)
 /* Stop turning requests into responses while this much output is unsent, so
@@ -42,6 +45,7 @@ enum hsrv_conn_state {
     HSRV_CONN_DELAYED, /* a response waits for its delay timer; no parsing meanwhile */
     HSRV_CONN_CLOSING, /* no more requests: send what is queued, then linger */
     HSRV_CONN_LINGER,  /* write side shut down; discarding input until EOF or timeout */
+    HSRV_CONN_H2,      /* HTTP/2 with prior knowledge: h2 speaks, we move its bytes */
 };
 
 struct hsrv_conn {
@@ -55,6 +59,8 @@ struct hsrv_conn {
     enum hsrv_conn_state state;
     bool peer_eof; /* the client shut down its side */
     bool dead;     /* close when the current callback ends */
+    bool sniffed;  /* the first bytes were checked for the HTTP/2 preface */
+    struct hsrv_h2 *h2;
 
     struct sockaddr_storage peer;
     socklen_t peer_len;
@@ -143,7 +149,10 @@ static void hbuf_free(struct hsrv_buf *b)
  * on a connection that goes on idling. */
 static void hbuf_clear(struct hsrv_buf *b)
 {
-    if (b->cap > HSRV_KEEP_BYTES) hbuf_free(b);
+    if (b->cap > HSRV_KEEP_BYTES) {
+        hbuf_free(b);
+        return;
+    }
     b->off = b->len = 0;
     if (b->p) b->p[0] = '\0';
 }
@@ -405,6 +414,66 @@ static int conn_body_step(struct hsrv_conn *c)
     }
 }
 
+static void conn_on_h2_wake(void *arg);
+
+static void conn_start_h2(struct hsrv_conn *c)
+{
+    struct hsrv *s = c->srv;
+    struct hsrv_h2_env env = {
+        .loop = s->loop,
+        .opts = &s->opts,
+        .handler = s->handler,
+        .ctx = s->ctx,
+        .peer = (const struct sockaddr *)&c->peer,
+        .peer_len = c->peer_len,
+        .peer_text = c->peer_text,
+        .rl = &s->rl_reject,
+        .wake = conn_on_h2_wake,
+        .arg = c,
+    };
+    c->h2 = hsrv_h2_new(&env);
+    if (c->h2) c->state = HSRV_CONN_H2;
+    else c->dead = true;
+}
+
+/* The first bytes decide a connection's protocol for good: HTTP/2 with prior
+ * knowledge opens with the client preface, anything else is HTTP/1.1.
+ * Returns H1_AGAIN while what arrived could still be the preface. */
+static int conn_sniff(struct hsrv_conn *c)
+{
+    enum hsrv_h2_preface p = hsrv_h2_detect(hbuf_data(&c->in), hbuf_size(&c->in));
+    if (p == HSRV_H2_MAYBE) return H1_AGAIN;
+    c->sniffed = true;
+    if (p == HSRV_H2_YES) conn_start_h2(c);
+    return 0;
+}
+
+/* Feeds all input to h2 and takes its output, up to the same bound as
+ * HTTP/1.1's. Returns true when it stopped only because of that bound. */
+static bool conn_h2_step(struct hsrv_conn *c)
+{
+    if (hbuf_size(&c->out) > HSRV_OUT_HIGH) return true;
+    if (hbuf_size(&c->in)) {
+        if (hsrv_h2_recv(c->h2, hbuf_data(&c->in), hbuf_size(&c->in)) < 0) {
+            c->dead = true;
+            return false;
+        }
+        hbuf_consume(&c->in, hbuf_size(&c->in));
+    }
+    while (hbuf_size(&c->out) <= HSRV_OUT_HIGH) {
+        const uint8_t *data = NULL;
+        ssize_t n = hsrv_h2_send(c->h2, &data);
+        if (n == 0) break;
+        if (n < 0 || hbuf_append(&c->out, data, (size_t)n) < 0) {
+            c->dead = true;
+            return false;
+        }
+    }
+    if (hbuf_size(&c->out) > HSRV_OUT_HIGH) return true;
+    if (hsrv_h2_finished(c->h2, c->peer_eof)) c->state = HSRV_CONN_CLOSING;
+    return false;
+}
+
 /* Turns buffered input into responses for as long as it can. Returns true
  * when it stopped only because too much output is waiting. */
 static bool conn_process(struct hsrv_conn *c)
@@ -414,6 +483,10 @@ static bool conn_process(struct hsrv_conn *c)
     while (!c->dead) {
         if (c->state == HSRV_CONN_HEAD) {
             if (hbuf_size(&c->in) == 0) break;
+            if (!c->sniffed) {
+                if (conn_sniff(c) == H1_AGAIN) break;
+                continue;
+            }
             if (hbuf_size(&c->out) > HSRV_OUT_HIGH) {
                 blocked = true;
                 break;
@@ -425,6 +498,9 @@ static bool conn_process(struct hsrv_conn *c)
             else conn_on_head(c);
         } else if (c->state == HSRV_CONN_BODY) {
             if (conn_body_step(c) == H1_AGAIN) break;
+        } else if (c->state == HSRV_CONN_H2) {
+            blocked = conn_h2_step(c);
+            break;
         } else {
             break;
         }
@@ -518,6 +594,7 @@ static void conn_free(struct hsrv_conn *c)
     hbuf_free(&c->out);
     hbuf_free(&c->held);
     hbuf_free(&c->body);
+    hsrv_h2_free(c->h2);
     free(c);
 }
 
@@ -565,7 +642,7 @@ static void conn_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct hsrv_conn *c = w->data;
     /* A delayed response is our own waiting, not the client's. */
-    if (c->state == HSRV_CONN_DELAYED) {
+    if (c->state == HSRV_CONN_DELAYED || (c->state == HSRV_CONN_H2 && hsrv_h2_holding(c->h2))) {
         ev_timer_again(loop, w);
         return;
     }
@@ -583,6 +660,8 @@ static void conn_on_delay(struct ev_loop *loop, ev_timer *w, int revents)
     c->state = c->held_close ? HSRV_CONN_CLOSING : HSRV_CONN_HEAD;
     conn_run(c);
 }
+
+static void conn_on_h2_wake(void *arg) { conn_run(arg); }
 
 static void conn_new(struct hsrv *s, int fd, const struct sockaddr_storage *ss, socklen_t len)
 {

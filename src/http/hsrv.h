@@ -1,8 +1,10 @@
 /* hsrv — a small buffered HTTP/1.1 server on a libev loop, for umbra's own
  * endpoints (admin listener, echo server, shadow collector). It reads whole
  * requests (head and body) into memory, calls one handler, and writes whole
- * responses, in order, with keep-alive and pipelining. It is not the proxy's
- * hot path: no streaming, no zero-copy, no TLS, no upgrades. */
+ * responses, in order, with keep-alive and pipelining. The same port speaks
+ * HTTP/2 to clients that open with its preface (h2c with prior knowledge),
+ * one handler call per stream. It is not the proxy's hot path: no streaming,
+ * no zero-copy, no TLS, no upgrades (h2c Upgrade included). */
 #ifndef UMBRA_HSRV_H
 #define UMBRA_HSRV_H
 
@@ -28,9 +30,10 @@ struct hsrv_header {
 struct hsrv_request {
     const char *method;                /* NUL-terminated */
     const char *target;                /* NUL-terminated, as received (path and query) */
-    const char *version;               /* "HTTP/1.0" or "HTTP/1.1" */
-    int version_minor;                 /* 0 or 1 */
-    const struct hsrv_header *headers; /* in the order received */
+    const char *version;               /* "HTTP/1.0", "HTTP/1.1" or "HTTP/2.0" */
+    int version_minor;                 /* 0 or 1 (1 for HTTP/2.0) */
+    const struct hsrv_header *headers; /* in the order received; HTTP/2's :authority
+                                          appears as host when no host was sent */
     size_t nheaders;
     const char *body; /* decoded (de-chunked), NUL-terminated; "" when there is none */
     size_t body_len;
@@ -40,7 +43,8 @@ struct hsrv_request {
 };
 
 /** What the handler answers. hsrv adds Content-Length and Connection itself;
- *  the handler must not add those (nor Transfer-Encoding). */
+ *  the handler must not add those (nor Transfer-Encoding). Over HTTP/2 the
+ *  header names are sent lowercased and `close` sends a GOAWAY. */
 struct hsrv_response {
     int status;            /* 200..599 (anything else is sent as 500); preset to 200 */
     struct strbuf headers; /* extra "Name: value\r\n" lines; use hsrv_response_header() */
@@ -61,7 +65,8 @@ struct hsrv_options {
     size_t max_body_bytes;    /* request body bound; default 1 MiB (413 past it) */
     uint64_t idle_timeout_ms; /* close a connection without progress this long; default 60 s */
     unsigned max_connections; /* accept no more than this at once; default 1024 */
-    uint64_t delay_ms;        /* hold every response this long before sending it; default 0 */
+    uint64_t delay_ms;        /* hold every response this long before sending it (each
+                                 HTTP/2 stream on its own); default 0 */
 };
 
 struct hsrv;
