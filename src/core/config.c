@@ -1363,6 +1363,19 @@ static int opt_endpoints(struct loader *ld, yaml_node_t *n, void *field, const s
     return 0;
 }
 
+static int opt_protocol(struct loader *ld, yaml_node_t *n, void *field, const struct cfg_opt *opt)
+{
+    const char *s = scalar(ld, n, "a protocol");
+    if (!s) return -1;
+    if (strcmp(s, "http1") == 0) *(enum cfg_protocol *)field = CFG_PROTO_HTTP1;
+    else if (strcmp(s, "h2") == 0) *(enum cfg_protocol *)field = CFG_PROTO_H2;
+    else {
+        err(ld, n, "unknown protocol %s (use http1 or h2)", q(ld, s));
+        return -1;
+    }
+    return 0;
+}
+
 // clang-format off
 static const struct cfg_opt keepalive_opts[] = {
     {.key = "max_idle", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, keepalive_max_idle), .max = UINT32_MAX},
@@ -1389,6 +1402,7 @@ static const struct cfg_opt cluster_opts[] = {
     {.key = "keepalive", .parse = opt_mapping, .offset = 0, .sub = keepalive_opts},
     {.key = "max_pending", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, max_pending), .max = UINT32_MAX},
     {.key = "pipeline", .parse = opt_u32, .offset = offsetof(struct cfg_cluster, pipeline), .min = 1, .max = 256},
+    {.key = "protocol", .parse = opt_protocol, .offset = offsetof(struct cfg_cluster, protocol)},
     {.key = "circuit_breaker", .parse = opt_mapping, .offset = offsetof(struct cfg_cluster, circuit_breaker), .sub = breaker_opts},
     {.key = "tls", .parse = opt_cluster_tls, .offset = offsetof(struct cfg_cluster, tls)},
     {.key = NULL},
@@ -1570,6 +1584,22 @@ static int opt_cluster_ref(struct loader *ld, yaml_node_t *n, void *field,
         return -1;
     }
     *(size_t *)field = (size_t)i;
+    return 0;
+}
+
+/* A route's own cluster: umbra forwards to a primary over HTTP/1.1 only. */
+static int opt_primary_cluster_ref(struct loader *ld, yaml_node_t *n, void *field,
+                                   const struct cfg_opt *opt)
+{
+    if (opt_cluster_ref(ld, n, field, opt) < 0) return -1;
+    const struct cfg_cluster *c = &ld->cfg->clusters[*(size_t *)field];
+    if (c->protocol != CFG_PROTO_HTTP1) {
+        err_nokey(ld, n,
+                  "cluster %s speaks h2, which umbra sends to shadows only; a route's own "
+                  "cluster must speak http1",
+                  q(ld, c->name));
+        return -1;
+    }
     return 0;
 }
 
@@ -2463,7 +2493,7 @@ static int opt_mirrors(struct loader *ld, yaml_node_t *n, void *field, const str
 static const struct cfg_opt route_opts[] = {
     {.key = "name", .parse = opt_name, .offset = offsetof(struct cfg_route, name), .flags = OPT_REQUIRED},
     {.key = "match", .parse = opt_match, .offset = offsetof(struct cfg_route, match), .flags = OPT_REQUIRED},
-    {.key = "cluster", .parse = opt_cluster_ref, .offset = offsetof(struct cfg_route, cluster), .flags = OPT_REQUIRED},
+    {.key = "cluster", .parse = opt_primary_cluster_ref, .offset = offsetof(struct cfg_route, cluster), .flags = OPT_REQUIRED},
     {.key = "mirrors", .parse = opt_mirrors, .offset = 0},
     {.key = "request_buffer", .parse = opt_size, .offset = offsetof(struct cfg_route, request_buffer), .max = SIZE_MAX - 1},
     {.key = NULL},

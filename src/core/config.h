@@ -98,6 +98,12 @@ struct cfg_circuit_breaker {
     uint64_t open_for_ms;          /* default 10 s */
 };
 
+/** What a cluster's endpoints speak (clusters[].protocol). */
+enum cfg_protocol {
+    CFG_PROTO_HTTP1, /* default */
+    CFG_PROTO_H2,    /* HTTP/2: h2c with prior knowledge, or ALPN "h2" over tls; shadows only */
+};
+
 struct cfg_cluster {
     char *name;
     struct cfg_endpoint *endpoints;
@@ -110,6 +116,7 @@ struct cfg_cluster {
     uint32_t max_pending;               /* default 1024: in-flight shadow requests per worker */
     uint32_t pipeline;                  /* default 16: most mirror copies in flight on one shadow
                                            connection (HTTP/1.1 pipelining); 1 turns it off */
+    enum cfg_protocol protocol;
     struct cfg_circuit_breaker circuit_breaker;
     struct cfg_cluster_tls tls;
     int line, column; /* of the cluster's node, for later error reports */

@@ -17,6 +17,7 @@
 #include "http/h1.h"
 #include "mirror/scrub.h"
 #include "mirror/select.h"
+#include "mirror/shadow_internal.h"
 #include "tls/tls_transport.h"
 #include "upstream/forward.h"
 #include "upstream/h1_request.h"
@@ -25,70 +26,12 @@
 #define MAX_INTERIM 16
 #define MAX_WAKE_BYTES (32 * 1024)
 
-struct schan;
-
-struct mcopy {
-    struct worker *w;
-    struct wsnap *ws;
-    const struct cfg_mirror *m;
-    const struct cfg_route *route;
-    const struct cfg_cluster *cluster;
-    struct pool *pool;
-    struct stats_cluster *cst;
-    struct stats_mirror *mst;
-    struct stream *primary;      /* while the primary still feeds it */
-    struct mcopy *next;          /* in primary->copies */
-    struct mcopy *wprev, *wnext; /* in w->copies */
-    struct schan *ch;            /* the connection it rides, until it ends */
-    struct mcopy *ch_next;       /* in ch's copies, in request order */
-    uint64_t q_start;            /* where its request starts in ch's byte stream */
-    bool up_chunked, req_ended, is_head, done;
-    int connect_err; /* the pool's reason when a connect failed, else -1 */
-    uint64_t body_bytes;
-    int64_t held; /* its buffered body, counted in stats_mirror_memory_bytes */
-    ev_timer deadline;
-    ev_tstamp t_start;
-    /* With a scrub policy (mirror/scrub.h): */
-    bool have_head;     /* `head` holds the scrubbed head */
-    bool buffering;     /* the policy must see the body: hold it whole, send at the end */
-    bool scrub_pending; /* the body is whole: scrub and send at the next flush */
-    struct scrub_head head;
-    struct strbuf body; /* the buffered body (bounded by max_body, else buffer) */
-};
-
-/* One shadow connection and the copies riding it. Copies started in the same
- * loop iteration share one (HTTP/1.1 pipelining, up to the cluster's
- * `pipeline`): their requests leave in one write and their answers, which are
- * discarded anyway, come back in order and are read together. A copy joins
- * only behind requests that are whole, so a streaming body never interleaves
- * with another request. */
-struct schan {
-    struct worker *w;
-    struct pool *pool;
-    struct upconn *up; /* NULL once given back to the pool */
-    struct mcopy *first, *last;
-    unsigned ncopies;
-    bool poisoned; /* a request on it was cut short or answered early: no reuse */
-    bool dirty;    /* on w->shadow_dirty */
-    struct schan *dirty_next;
-    uint64_t sent; /* bytes written so far; sent + up->out.bytes were queued */
-    int64_t held;  /* up->out.bytes counted in stats_mirror_memory_bytes */
-    /* The answer being read (to the first copy's request): */
-    struct h1_parser rparser;
-    enum fwd_resp_state rstate;
-    uint64_t rremaining;
-    struct h1_chunked rchunked;
-    unsigned interim;
-    uint64_t rbytes; /* of the answer being read, so far */
-};
-
 static _Thread_local struct log_ratelimit rl_drop;
 
 static void ch_connected(void *owner);
-static void ch_failed(void *owner, enum upstream_error err);
 static void ch_io(void *owner, int revents);
 static void ch_read(struct schan *ch);
-static const struct upconn_ops shadow_ops = {ch_connected, ch_failed, ch_io};
+static const struct upconn_ops shadow_ops = {ch_connected, schan_failed, ch_io};
 
 static const struct h1_limits resp_limits = {.max_head_bytes = 64 * 1024, .max_target_bytes = 0};
 
@@ -99,8 +42,6 @@ static const char *const drop_reason[MO_COUNT] = {
     "connect failure", "timeout", "reset", "protocol error", "TLS failure",
 };
 // clang-format on
-
-static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault);
 
 /* ---- accounting ---- */
 
@@ -124,12 +65,12 @@ static void hold(int64_t *held, int64_t now)
     }
 }
 
-static void mc_account(struct mcopy *mc) { hold(&mc->held, (int64_t)mc->body.len); }
-
-static void ch_account(struct schan *ch)
+void mcopy_account(struct mcopy *mc)
 {
-    hold(&ch->held, ch->up ? (int64_t)ch->up->out.bytes : 0);
+    hold(&mc->held, (int64_t)(mc->body.len + mc->h2_body.bytes));
 }
+
+void schan_account(struct schan *ch) { hold(&ch->held, ch->up ? (int64_t)ch->up->out.bytes : 0); }
 
 static bool over_memory(const struct mcopy *mc, size_t add)
 {
@@ -171,7 +112,7 @@ static void note_latency(struct pool *p, double seconds)
 }
 
 /* Queued bytes go out before the loop blocks (shadow_flush_worker). */
-static void ch_dirty(struct schan *ch)
+void schan_dirty(struct schan *ch)
 {
     if (ch->dirty) return;
     ch->dirty = true;
@@ -179,7 +120,12 @@ static void ch_dirty(struct schan *ch)
     ch->w->shadow_dirty = ch;
 }
 
-static void ch_free(void *obj) { free(obj); }
+static void ch_free(void *obj)
+{
+    struct schan *ch = obj;
+    if (ch->h2) h2_channel_free(ch);
+    free(ch);
+}
 
 /* The channel lets go of its connection and is freed at the next safe
  * point; its copies must end in this iteration. Returns the connection. */
@@ -188,13 +134,14 @@ static struct upconn *ch_detach(struct schan *ch)
     struct upconn *u = ch->up;
     ch->up = NULL;
     if (ch->pool->batch == ch) ch->pool->batch = NULL;
-    ch_account(ch);
+    if (ch->h2) h2_channel_unlink(ch);
+    schan_account(ch);
     worker_defer_free(ch->w, ch_free, ch);
     return u;
 }
 
 /* Gives the connection back, kept alive when keep and clean. */
-static void ch_release(struct schan *ch, bool keep)
+void schan_release(struct schan *ch, bool keep)
 {
     if (!ch->up) return;
     bool clean = keep && !ch->poisoned;
@@ -202,12 +149,12 @@ static void ch_release(struct schan *ch, bool keep)
 }
 
 /* The connection failed: every copy on it fails with it. The recursion
- * through mc_end and ch_remove stops there: ch_release cleared ch->up. */
+ * through mcopy_end and ch_remove stops there: schan_release cleared ch->up. */
 // NOLINTNEXTLINE(misc-no-recursion)
-static void ch_fail(struct schan *ch, enum mirror_outcome o, bool shadow_fault)
+void schan_fail(struct schan *ch, enum mirror_outcome o, bool shadow_fault)
 {
-    ch_release(ch, false);
-    while (ch->first) mc_end(ch->first, o, shadow_fault);
+    schan_release(ch, false);
+    while (ch->first) mcopy_end(ch->first, o, shadow_fault);
 }
 
 /* A shadow that stops reading would otherwise park megabytes per connection
@@ -240,14 +187,15 @@ static struct schan *channel_for(struct mcopy *mc, enum upstream_error *err)
     }
     if (ch->up->state == UP_CONNECTING) bound_kernel_buffer(ch->up->tr.fd, mc->m->buffer);
     p->batch = ch;
-    ch_dirty(ch); /* the batch closes when the iteration's writes go out */
+    schan_dirty(ch); /* the batch closes when the iteration's writes go out */
     return ch;
 }
 
-static void ch_append(struct schan *ch, struct mcopy *mc)
+void schan_append(struct schan *ch, struct mcopy *mc)
 {
     mc->ch = ch;
     mc->q_start = ch_queued(ch);
+    mc->ch_prev = ch->last;
     if (ch->last) ch->last->ch_next = mc;
     else ch->first = mc;
     ch->last = mc;
@@ -255,32 +203,36 @@ static void ch_append(struct schan *ch, struct mcopy *mc)
 }
 
 /* A copy leaves its channel (completed, dropped or failed). */
-// NOLINTNEXTLINE(misc-no-recursion): bounded, see ch_fail
+// NOLINTNEXTLINE(misc-no-recursion): bounded, see schan_fail
 static void ch_remove(struct mcopy *mc, enum mirror_outcome o)
 {
     struct schan *ch = mc->ch;
     mc->ch = NULL;
-    struct mcopy *prev = NULL;
-    for (struct mcopy *it = ch->first; it != mc; it = it->ch_next) prev = it;
+    struct mcopy *prev = mc->ch_prev;
     bool was_last = ch->last == mc;
     if (prev) prev->ch_next = mc->ch_next;
     else ch->first = mc->ch_next;
+    if (mc->ch_next) mc->ch_next->ch_prev = prev;
     if (was_last) ch->last = prev;
-    mc->ch_next = NULL;
+    mc->ch_next = mc->ch_prev = NULL;
     ch->ncopies--;
-    if (!ch->up) return; /* the connection failed: ch_fail ends the rest */
+    if (!ch->up) return; /* the connection failed: schan_fail ends the rest */
+    if (ch->h2) {
+        h2_remove(ch, mc); /* streams are independent: the others go on */
+        return;
+    }
     if (o == MO_COMPLETED) {
         if (!mc_whole(mc)) ch->poisoned = true; /* answered before its request was whole */
     } else if (was_last && ch->sent <= mc->q_start) {
         bufq_truncate(&ch->up->out, (size_t)(mc->q_start - ch->sent)); /* none of it left */
-        ch_account(ch);
+        schan_account(ch);
     } else if (was_last) {
         ch->poisoned = true; /* part of it is on the wire: finish those ahead, then close */
     } else {
-        ch_fail(ch, MO_FAILED_RESET, false); /* answers would no longer line up */
+        schan_fail(ch, MO_FAILED_RESET, false); /* answers would no longer line up */
         return;
     }
-    if (ch->ncopies == 0) ch_release(ch, ch->up->state == UP_ACTIVE && ch->up->out.bytes == 0);
+    if (ch->ncopies == 0) schan_release(ch, ch->up->state == UP_ACTIVE && ch->up->out.bytes == 0);
 }
 
 /* Answers are discarded, so there is no hurry to read each one as it
@@ -307,18 +259,18 @@ static void ch_wake_at(struct schan *ch)
     upconn_set_rcvlowat(u, (unsigned)want);
 }
 
-static void ch_write(struct schan *ch)
+void schan_write(struct schan *ch)
 {
     struct upconn *u = ch->up;
     size_t before = u->out.bytes;
     ssize_t rc = upconn_write(u, NULL);
     ch->sent += before - u->out.bytes;
     if (rc < 0) {
-        ch_fail(ch, rc == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
+        schan_fail(ch, rc == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
         return;
     }
-    ch_account(ch);
-    ch_wake_at(ch);
+    schan_account(ch);
+    if (!ch->h2) ch_wake_at(ch);
     upconn_watch(u, true, u->out.bytes > 0);
 }
 
@@ -332,7 +284,8 @@ void shadow_flush_worker(struct worker *w)
         ch->dirty = false;
         ch->dirty_next = NULL;
         if (ch->pool->batch == ch) ch->pool->batch = NULL;
-        if (ch->up && ch->up->state == UP_ACTIVE && ch->up->out.bytes) ch_write(ch);
+        if (ch->h2 && ch->up && ch->up->state == UP_ACTIVE) h2_flush(ch);
+        else if (ch->up && ch->up->state == UP_ACTIVE && ch->up->out.bytes) schan_write(ch);
     }
 }
 
@@ -342,6 +295,8 @@ static void mc_free(void *obj)
 {
     struct mcopy *mc = obj;
     if (mc->have_head) scrub_head_free(&mc->head);
+    bufq_clear(&mc->h2_body);
+    h2_fields_free(&mc->h2_trailers);
     wsnap_stream_end(mc->ws);
     free(mc);
 }
@@ -359,8 +314,8 @@ static void unlink_primary(struct mcopy *mc)
 }
 
 /* The one exit: count the outcome, leave the connection, free later. */
-// NOLINTNEXTLINE(misc-no-recursion): bounded, see ch_fail
-static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault)
+// NOLINTNEXTLINE(misc-no-recursion): bounded, see schan_fail
+void mcopy_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fault)
 {
     if (mc->done) return;
     mc->done = true;
@@ -386,7 +341,8 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
     }
     if (mc->ch) ch_remove(mc, outcome);
     strbuf_free(&mc->body);
-    mc_account(mc);
+    bufq_clear(&mc->h2_body);
+    mcopy_account(mc);
     mc->pool->pending--;
     unlink_primary(mc);
     if (mc->wprev) mc->wprev->wnext = mc->wnext;
@@ -401,12 +357,16 @@ static void mc_end(struct mcopy *mc, enum mirror_outcome outcome, bool shadow_fa
 static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct mcopy *mc = t->data;
+    if (mc->ch && mc->ch->h2) { /* one stream: the others are not behind it */
+        mcopy_end(mc, MO_FAILED_TIMEOUT, true);
+        return;
+    }
     if (mc->ch && mc->ch->up && mc->ch->up->rcvlowat > 1) {
         ch_read(mc->ch); /* its answer may be in, short of the wake-up mark */
         if (mc->done) return;
     }
-    if (mc->ch) ch_fail(mc->ch, MO_FAILED_TIMEOUT, true);
-    else mc_end(mc, MO_FAILED_TIMEOUT, true);
+    if (mc->ch) schan_fail(mc->ch, MO_FAILED_TIMEOUT, true);
+    else mcopy_end(mc, MO_FAILED_TIMEOUT, true);
 }
 
 /* ---- selection and start ---- */
@@ -474,6 +434,7 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     mc->req_ended = !s->req.has_body || (s->req.length_known && s->req.content_length == 0);
     mc->t_start = ev_now(s->w->loop);
     mc->connect_err = -1;
+    bufq_init(&mc->h2_body);
     ev_timer_init(&mc->deadline, deadline_cb, (double)p->cl->timeout_ms / 1000.0, 0.0);
     mc->deadline.data = mc;
     p->pending++;
@@ -487,7 +448,7 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
     const struct http_request *req = &s->req;
     if (m->scrub) {
         if (scrub_request_head(m->scrub, &s->req, &mc->head) < 0) {
-            mc_end(mc, MO_DROPPED_SCRUB_FAILED, false); /* fail closed: never the raw head */
+            mcopy_end(mc, MO_DROPPED_SCRUB_FAILED, false); /* fail closed: never the raw head */
             return;
         }
         mc->have_head = true;
@@ -499,23 +460,28 @@ static void start_copy(struct stream *s, size_t j, struct stats_mirror *mst)
         }
     }
     enum upstream_error err;
-    struct schan *ch = channel_for(mc, &err);
+    bool h2 = p->cl->protocol == CFG_PROTO_H2;
+    struct schan *ch = h2 ? h2_channel_for(mc, &err) : channel_for(mc, &err);
     if (!ch) {
         mc->connect_err = (int)err;
-        mc_end(mc, err == UPERR_OVERFLOW ? MO_DROPPED_OVERFLOW : MO_FAILED_CONNECT,
-               err != UPERR_OVERFLOW);
+        mcopy_end(mc, err == UPERR_OVERFLOW ? MO_DROPPED_OVERFLOW : MO_FAILED_CONNECT,
+                  err != UPERR_OVERFLOW);
         return;
     }
-    ch_append(ch, mc);
+    schan_append(ch, mc);
     STAT_INC(mc->cst->requests);
     if (p->cl->timeout_ms) ev_timer_start(s->w->loop, &mc->deadline);
     if (mc->buffering) return;
-    h1_write_request_head(&ch->up->out, req, m);
-    if (ch_queued(ch) - mc->q_start > m->buffer) {
-        mc_end(mc, MO_DROPPED_OVERFLOW, false);
+    if (h2) {
+        h2_submit(mc, req);
         return;
     }
-    ch_account(ch);
+    h1_write_request_head(&ch->up->out, req, m);
+    if (ch_queued(ch) - mc->q_start > m->buffer) {
+        mcopy_end(mc, MO_DROPPED_OVERFLOW, false);
+        return;
+    }
+    schan_account(ch);
 }
 
 void shadow_start(struct stream *s)
@@ -550,38 +516,46 @@ void shadow_body(struct stream *s, struct chunk *c, const char *p, size_t n)
         next = mc->next;
         mc->body_bytes += n;
         if (mc->m->max_body && mc->body_bytes > mc->m->max_body) {
-            mc_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
+            mcopy_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
             continue;
         }
         if (mc->buffering) {
             /* A scrubbed body is held whole: at most max_body, else buffer. */
             uint64_t cap = mc->m->max_body ? mc->m->max_body : mc->m->buffer;
             if (mc->body.len + n > cap) {
-                mc_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
+                mcopy_end(mc, MO_DROPPED_BODY_TOO_LARGE, false);
                 continue;
             }
             if (over_memory(mc, n)) {
-                mc_end(mc, MO_DROPPED_OVERFLOW, false);
+                mcopy_end(mc, MO_DROPPED_OVERFLOW, false);
                 continue;
             }
             strbuf_append(&mc->body, p, n);
-            mc_account(mc);
+            mcopy_account(mc);
+            continue;
+        }
+        struct schan *ch = mc->ch;
+        if (ch->h2) { /* its unsent bytes are its own queue */
+            if (mc->h2_body.bytes + n > mc->m->buffer || over_memory(mc, n)) {
+                mcopy_end(mc, MO_DROPPED_OVERFLOW, false);
+                continue;
+            }
+            h2_body(mc, c, p, n);
             continue;
         }
         /* The copy is the last on its connection (nothing joins behind a
          * request still streaming): its unsent bytes are the queue's tail. */
-        struct schan *ch = mc->ch;
         size_t add = n + (mc->up_chunked ? 20 : 0);
         uint64_t unsent = ch_queued(ch) - (mc->q_start > ch->sent ? mc->q_start : ch->sent);
         if (unsent + add > mc->m->buffer || over_memory(mc, add)) {
-            mc_end(mc, MO_DROPPED_OVERFLOW, false);
+            mcopy_end(mc, MO_DROPPED_OVERFLOW, false);
             continue;
         }
         if (mc->up_chunked) h1_write_chunk_size(&ch->up->out, n);
         bufq_push(&ch->up->out, c, p, n);
         if (mc->up_chunked) bufq_push_copy(&ch->up->out, "\r\n", 2);
-        ch_dirty(ch);
-        ch_account(ch);
+        schan_dirty(ch);
+        schan_account(ch);
     }
 }
 
@@ -603,21 +577,34 @@ static bool send_scrubbed(struct mcopy *mc, const struct http_request *orig)
                    field_value(orig, "content-encoding"), mc->body.data ? mc->body.data : "",
                    mc->body.len, &out) < 0) {
         strbuf_free(&out);
-        mc_end(mc, MO_DROPPED_SCRUB_FAILED, false); /* fail closed: never the raw body */
+        mcopy_end(mc, MO_DROPPED_SCRUB_FAILED, false); /* fail closed: never the raw body */
         return false;
     }
     strbuf_free(&mc->body);
-    mc_account(mc);
+    mcopy_account(mc);
     mc->head.req.has_body = true;
     mc->head.req.length_known = true;
     mc->head.req.content_length = out.len;
+    mc->buffering = mc->scrub_pending = false;
+    if (mc->ch->h2) {
+        if (out.len) {
+            struct chunk *c = chunk_new(out.len);
+            memcpy(c->data, out.data, out.len);
+            bufq_push(&mc->h2_body, c, c->data, out.len);
+            chunk_unref(c);
+        }
+        strbuf_free(&out);
+        mc->h2_eof = true;
+        h2_submit(mc, &mc->head.req);
+        mcopy_account(mc);
+        return true;
+    }
     struct bufq *q = &mc->ch->up->out;
     h1_write_request_head(q, &mc->head.req, mc->m);
     if (out.len) bufq_push_copy(q, out.data, out.len);
     strbuf_free(&out);
-    mc->buffering = mc->scrub_pending = false;
-    ch_dirty(mc->ch);
-    ch_account(mc->ch);
+    schan_dirty(mc->ch);
+    schan_account(mc->ch);
     return true;
 }
 
@@ -629,10 +616,12 @@ void shadow_body_end(struct stream *s, const http_field *trailers, size_t n)
             mc->scrub_pending = true;
             continue;
         }
-        if (mc->up_chunked) {
+        if (mc->ch->h2) {
+            h2_body_end(mc, trailers, n);
+        } else if (mc->up_chunked) {
             h1_write_chunked_end(&mc->ch->up->out, trailers, n);
-            ch_dirty(mc->ch);
-            ch_account(mc->ch);
+            schan_dirty(mc->ch);
+            schan_account(mc->ch);
         }
     }
 }
@@ -651,7 +640,8 @@ void shadow_detach(struct stream *s)
         struct mcopy *mc = s->copies;
         if (mc->scrub_pending && !send_scrubbed(mc, &s->req)) continue; /* the primary is going */
         if (!mc->req_ended) {
-            mc_end(mc, MO_FAILED_RESET, false); /* the client cancelled: not the shadow's fault */
+            /* the client cancelled: not the shadow's fault */
+            mcopy_end(mc, MO_FAILED_RESET, false);
             continue;
         }
         unlink_primary(mc);
@@ -676,7 +666,7 @@ static bool response_done(struct schan *ch)
     ch->rbytes = 0;
     ch->rstate = FWD_RESP_HEAD;
     ch->interim = 0;
-    mc_end(ch->first, MO_COMPLETED, false);
+    mcopy_end(ch->first, MO_COMPLETED, false);
     return ch->up != NULL;
 }
 
@@ -688,7 +678,7 @@ static int discard_head(struct schan *ch, const char *p, size_t len)
     int rc = h1_parse_response(&ch->rparser, p, len, &resp_limits, ch->first->is_head, &hr);
     if (rc == H1_AGAIN) return 1;
     if (rc < 0 || hr.status == 101 || (hr.status < 200 && ++ch->interim > MAX_INTERIM)) {
-        ch_fail(ch, MO_FAILED_PROTOCOL, true);
+        schan_fail(ch, MO_FAILED_PROTOCOL, true);
         return -1;
     }
     ch_consume(ch, hr.head_len);
@@ -720,7 +710,7 @@ static bool discard_input(struct schan *ch)
     struct upconn *u = ch->up;
     while (ibuf_len(&u->in)) {
         if (!ch->first) { /* an answer nobody asked for */
-            ch_release(ch, false);
+            schan_release(ch, false);
             return false;
         }
         const char *p = ibuf_data(&u->in);
@@ -744,7 +734,7 @@ static bool discard_input(struct schan *ch)
         const char *data = NULL;
         int rc = h1_chunked_decode(&ch->rchunked, p, len, &consumed, &data, &dlen);
         if (rc < 0) {
-            ch_fail(ch, MO_FAILED_PROTOCOL, true);
+            schan_fail(ch, MO_FAILED_PROTOCOL, true);
             return false;
         }
         ch_consume(ch, consumed);
@@ -763,19 +753,19 @@ static void ch_read(struct schan *ch)
     for (int rounds = 0; rounds < 4; rounds++) {
         size_t space = ibuf_prepare(&u->in, 4096, 64 * 1024 + BUF_CHUNK_SIZE);
         if (space == 0) {
-            ch_fail(ch, MO_FAILED_PROTOCOL, true);
+            schan_fail(ch, MO_FAILED_PROTOCOL, true);
             return;
         }
         ssize_t r = transport_read(&u->tr, u->in.c->data + u->in.wpos, space);
         if (r == -EAGAIN) break;
         if (r < 0) { /* -EPROTO: a TLS alert, e.g. the shadow refused our certificate */
-            ch_fail(ch, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
+            schan_fail(ch, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
             return;
         }
         if (r == 0) {
             /* A close-delimited answer ends here; any copy behind it was cut off. */
             if (ch->first && ch->rstate == FWD_RESP_CLOSE && !response_done(ch)) return;
-            ch_fail(ch, MO_FAILED_RESET, true);
+            schan_fail(ch, MO_FAILED_RESET, true);
             return;
         }
         u->in.wpos += (size_t)r;
@@ -788,18 +778,18 @@ static void ch_read(struct schan *ch)
 static void ch_connected(void *owner)
 {
     struct schan *ch = owner;
-    if (ch->up->out.bytes) ch_write(ch);
+    if (ch->up->out.bytes) schan_write(ch);
     else upconn_watch(ch->up, true, false);
 }
 
-static void ch_failed(void *owner, enum upstream_error err)
+void schan_failed(void *owner, enum upstream_error err)
 {
     struct schan *ch = owner;
     ch_detach(ch); /* the pool closed the connection already */
     while (ch->first) {
         struct mcopy *mc = ch->first;
         mc->connect_err = (int)err; /* refused, timed out or TLS: the cluster counter says which */
-        mc_end(mc, err == UPERR_TLS ? MO_FAILED_TLS : MO_FAILED_CONNECT, true);
+        mcopy_end(mc, err == UPERR_TLS ? MO_FAILED_TLS : MO_FAILED_CONNECT, true);
     }
 }
 
@@ -807,7 +797,7 @@ static void ch_io(void *owner, int revents)
 {
     struct schan *ch = owner;
     if ((revents & EV_WRITE) && ch->up->out.bytes) {
-        ch_write(ch);
+        schan_write(ch);
         if (!ch->up) return;
     }
     if (revents & EV_READ) ch_read(ch);
@@ -815,6 +805,6 @@ static void ch_io(void *owner, int revents)
 
 void shadow_abort_all(struct worker *w)
 {
-    while (w->copies) mc_end(w->copies, MO_FAILED_RESET, false);
+    while (w->copies) mcopy_end(w->copies, MO_FAILED_RESET, false);
     w->shadow_dirty = NULL; /* every channel was released with its copies */
 }

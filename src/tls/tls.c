@@ -460,7 +460,12 @@ struct tls_client_ctx *tls_client_ctx_new(const struct cfg_cluster *c, char *err
     SSL_CTX_set_session_cache_mode(cc->ctx,
                                    SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(cc->ctx, new_session_cb);
-    if (SSL_CTX_set_alpn_protos(cc->ctx, (const unsigned char *)"\x08http/1.1", 9) != 0) {
+    /* An h2 shadow cluster offers only h2: a server without it fails the
+     * handshake (no_application_protocol) rather than answering HTTP/1.1
+     * to HTTP/2 frames. */
+    bool h2 = c->protocol == CFG_PROTO_H2;
+    if (SSL_CTX_set_alpn_protos(cc->ctx, (const unsigned char *)(h2 ? "\x02h2" : "\x08http/1.1"),
+                                h2 ? 3 : 9) != 0) {
         fail(err, errlen, "ALPN: %s", ssl_reason());
         goto fail;
     }

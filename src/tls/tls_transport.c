@@ -477,6 +477,15 @@ const char *tls_peer_subject(const struct transport *t)
     return transport_is_tls(t) ? ((const struct tls_conn *)t->impl)->subject : NULL;
 }
 
+bool tls_alpn_is(const struct transport *t, const char *proto)
+{
+    if (!transport_is_tls(t)) return false;
+    const unsigned char *sel = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(((const struct tls_conn *)t->impl)->ssl, &sel, &len);
+    return sel && len == strlen(proto) && memcmp(sel, proto, len) == 0;
+}
+
 const char *tls_subject_header(const struct transport *t)
 {
     if (!transport_is_tls(t)) return NULL;

@@ -46,6 +46,9 @@ bool tls_handshake_timed_out(struct transport *t);
  *  closed. */
 const char *tls_peer_subject(const struct transport *t);
 
+/** True if t is TLS and its handshake chose ALPN protocol `proto`. */
+bool tls_alpn_is(const struct transport *t, const char *proto);
+
 /** The header that carries tls_peer_subject() upstream (lowercase), or NULL
  *  when the listener does not pass it. Borrowed like tls_peer_subject(). */
 const char *tls_subject_header(const struct transport *t);

@@ -30,8 +30,7 @@ static bool name_eq(struct h1_str name, const char *lower)
     return strlen(lower) == name.len && strncasecmp(name.p, lower, name.len) == 0;
 }
 
-/* True if the mirror removes or replaces this field. */
-static bool mirror_drops(const struct cfg_mirror *m, struct h1_str name)
+bool mirror_drops_field(const struct cfg_mirror *m, struct h1_str name)
 {
     for (size_t i = 0; i < m->nremove_headers; i++)
         if (name_eq(name, m->remove_headers[i])) return true;
@@ -40,13 +39,17 @@ static bool mirror_drops(const struct cfg_mirror *m, struct h1_str name)
     return name_eq(name, "x-umbra-shadow");
 }
 
+size_t authority_host_len(struct h1_str a)
+{
+    const char *colon = memrchr(a.p, ':', a.len);
+    const char *bracket = memrchr(a.p, ']', a.len);
+    return colon && (!bracket || colon > bracket) ? (size_t)(colon - a.p) : a.len;
+}
+
 /* Host with the mirror's suffix on its host part: "api:8080" -> "api-shadow:8080". */
 static void write_shadow_host(struct bufq *q, struct h1_str a, const char *suffix)
 {
-    size_t hostlen = a.len;
-    const char *colon = memrchr(a.p, ':', a.len);
-    const char *bracket = memrchr(a.p, ']', a.len);
-    if (colon && (!bracket || colon > bracket)) hostlen = (size_t)(colon - a.p);
+    size_t hostlen = authority_host_len(a);
     /* Written in three pieces: a Host of any length keeps its suffix, so a
      * copy can never carry the production host name. */
     bufq_push_copy(q, "Host: ", 6);
@@ -67,7 +70,7 @@ void h1_write_request_head(struct bufq *q, const struct http_request *r, const s
     else h1_write_field(q, "Host", 4, r->authority.p, r->authority.len);
     for (size_t i = 0; i < r->nfields; i++) {
         const http_field *f = &r->fields[i];
-        if (m && mirror_drops(m, f->name)) continue;
+        if (m && mirror_drops_field(m, f->name)) continue;
         h1_write_field(q, f->name.p, f->name.len, f->value.p, f->value.len);
     }
     if (r->forwarded_for.len || r->client_ip[0]) { /* both empty when a scrub policy removed it */

@@ -21,6 +21,14 @@ void h1_write_field(struct bufq *q, const char *name, size_t nlen, const char *v
 void h1_write_request_head(struct bufq *q, const struct http_request *r,
                            const struct cfg_mirror *m);
 
+/** True if mirror m removes or replaces the field `name` (set_headers,
+ *  remove_headers, and x-umbra-shadow, which umbra sets itself). Shared with
+ *  h2_request. */
+bool mirror_drops_field(const struct cfg_mirror *m, struct h1_str name);
+
+/** Length of the host part of an authority: "api:8080" -> 3, "[::1]:80" -> 5. */
+size_t authority_host_len(struct h1_str a);
+
 /** Appends "Content-Length: n\r\n". */
 void h1_write_content_length(struct bufq *q, uint64_t n);
 

@@ -76,7 +76,8 @@ static void upconn_close(struct upconn *u)
 
 void pool_retire(struct pool *p)
 {
-    while (p->idle) upconn_close(p->idle); /* not yet retired: closing cannot free p */
+    if (p->retire_hook) p->retire_hook(p); /* not yet retired: closing cannot free p */
+    while (p->idle) upconn_close(p->idle);
     p->retired = true;
     pool_maybe_free(p);
 }

@@ -54,10 +54,11 @@ def send(port, reqs):
     return statuses
 
 
-@pytest.fixture(scope="module")
-def run(module_procs, umbra_bin, tmp_path_factory):
-    """The corpus through umbra once: the requests, what the primary and the
-    collector got, and the mirror outcomes."""
+@pytest.fixture(scope="module", params=["http1", "h2"])
+def run(request, module_procs, umbra_bin, tmp_path_factory):
+    """The corpus through umbra once per shadow protocol (a scrubbed copy
+    goes out whole over HTTP/2 as over HTTP/1.1): the requests, what the
+    primary and the collector got, and the mirror outcomes."""
     peers = Peers(umbra_bin, tmp_path_factory.mktemp("canary"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("UMBRA_SCRUB_KEY", SCRUB_KEY)
@@ -65,9 +66,10 @@ def run(module_procs, umbra_bin, tmp_path_factory):
             col = peers.collector(body=True)
             b = module_procs.backend("primary")
             mirror = {"cluster": "shadow", "scrub": "default", "buffer": "1MiB"}
-            cfg = mirror_config(b, {"shadow": {"endpoints": [col], "timeout": "10s"}}, [mirror],
+            shadow = {"endpoints": [col], "timeout": "10s", "protocol": request.param}
+            cfg = mirror_config(b, {"shadow": shadow}, [mirror],
                                 scrub_policies={"default": POLICY})
-            u = module_procs.umbra(cfg, name="canary")
+            u = module_procs.umbra(cfg, name="canary-" + request.param)
             reqs = corpus()
             statuses = send(u.port, reqs)
             outs = wait_outcomes(u, len(reqs), timeout=60)

@@ -408,6 +408,24 @@ static void test_bad_values(void **state)
     config_free(cfg);
 }
 
+/* protocol: h2 is for shadow clusters; a route's own cluster speaks http1. */
+static void test_cluster_protocol(void **state)
+{
+    struct config *cfg = expect_ok(
+        LISTENERS "clusters: [{name: c, endpoints: [127.0.0.1:9000]},"
+                  " {name: s, endpoints: [127.0.0.1:9100], protocol: h2}]\n"
+                  "routes: [{name: r, match: {prefix: /}, cluster: c, mirrors: [{cluster: s}]}]\n");
+    assert_int_equal(cfg->clusters[0].protocol, CFG_PROTO_HTTP1); /* the default */
+    assert_int_equal(cfg->clusters[1].protocol, CFG_PROTO_H2);
+    config_free(cfg);
+    expect_errors(LISTENERS ROUTES "clusters: [{name: c, endpoints: [127.0.0.1:1], protocol: h3}]\n",
+                  "t.yaml:3:58: cluster \"c\": protocol: unknown protocol \"h3\" (use http1 or "
+                  "h2)\n");
+    expect_errors(LISTENERS ROUTES "clusters: [{name: c, endpoints: [127.0.0.1:1], protocol: h2}]\n",
+                  "t.yaml:2:49: route \"r\": cluster \"c\" speaks h2, which umbra sends to shadows "
+                  "only; a route's own cluster must speak http1\n");
+}
+
 #define MIRROR_DOC(opts) \
     LISTENERS CLUSTERS "routes:\n  - name: r\n    match: {prefix: /}\n    cluster: c\n" \
     "    mirrors:\n      - cluster: s\n" opts
@@ -919,6 +937,7 @@ int main(void)
         cmocka_unit_test(test_errs_may_be_null),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_examples_load),
+        cmocka_unit_test(test_cluster_protocol),
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration),
         cmocka_unit_test(test_parse_percent),
