@@ -358,7 +358,8 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct mcopy *mc = t->data;
     if (mc->ch && mc->ch->h2) { /* one stream: the others are not behind it */
-        mcopy_end(mc, MO_FAILED_TIMEOUT, true);
+        h2_read_due(mc->ch);    /* its answer may be in, short of the wake-up mark */
+        if (!mc->done) mcopy_end(mc, MO_FAILED_TIMEOUT, true);
         return;
     }
     if (mc->ch && mc->ch->up && mc->ch->up->rcvlowat > 1) {

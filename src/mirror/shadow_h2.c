@@ -36,6 +36,10 @@
 /* Stream ids are 31 bits and never reused: a connection near the end of
  * them takes no new copies and closes once its streams end. */
 #define H2_LAST_STREAM_ID 0x7fff0000
+/* Answers of shadows faster than this are read in batches (wake_at). */
+#define H2_BATCH_LATENCY 0.002
+/* The most bytes a connection waits for before it wakes us (SO_RCVLOWAT). */
+#define H2_MAX_WAKE_BYTES (32 * 1024)
 
 static void h2_connected(void *owner);
 static void h2_io(void *owner, int revents);
@@ -97,6 +101,22 @@ static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t leng
     return (ssize_t)n;
 }
 
+/* A copy's request is whole in the connection's queue once a frame with
+ * END_STREAM is: only then can all answers be waited for together. */
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
+{
+    struct schan *ch = ud;
+    if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    struct mcopy *mc = stream_copy(s, frame->hd.stream_id);
+    if (mc && !mc->h2_req_sent) {
+        mc->h2_req_sent = true;
+        ch->h2_sending--;
+    }
+    return 0;
+}
+
 /* An answer that ends (END_STREAM) completes its copy, whatever its status,
  * as over HTTP/1.1. */
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
@@ -110,6 +130,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         struct mcopy *mc = stream_copy(s, frame->hd.stream_id);
         if (mc && !mc->done) {
+            ch->h2_answers++;
             mc->h2_answered = true;
             mcopy_end(mc, MO_COMPLETED, false);
         }
@@ -151,6 +172,7 @@ static void callbacks_init(void)
     nghttp2_session_callbacks_set_send_callback(cbs, send_cb);
     nghttp2_session_callbacks_set_send_data_callback(cbs, send_data_cb);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
 }
@@ -162,7 +184,49 @@ static nghttp2_session_callbacks *callbacks(void)
     return shared_callbacks;
 }
 
+/* Answers are discarded: nghttp2 need not check that they are well-formed
+ * HTTP (framing and HPACK errors still end the connection). */
+static nghttp2_option *shared_options;
+
+static void options_init(void)
+{
+    if (nghttp2_option_new(&shared_options) != 0) abort();
+    nghttp2_option_set_no_http_messaging(shared_options, 1);
+    /* Nor keep closed streams for a priority tree nobody uses. */
+    nghttp2_option_set_no_closed_streams(shared_options, 1);
+}
+
+static nghttp2_option *options(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, options_init);
+    return shared_options;
+}
+
 /* ---- connections ---- */
+
+/* Answers are discarded, so as over HTTP/1.1 (ch_wake_at in shadow.c) there
+ * is no hurry to read each as it comes: a shadow that writes them one by one
+ * would cost a wake-up and a read each. Once every request in flight is out,
+ * the socket wakes us when about all their answers are in (counted in the
+ * fewest bytes an answer has taken, the last one half in). Waiting for all
+ * of them holds an early answer for at most the shadow's latency, so only a
+ * shadow faster than H2_BATCH_LATENCY is read this way; a slower one's
+ * answers arrive spread out, and each read takes what came. A copy's
+ * deadline reads what is below the mark before it fails. */
+static void wake_at(struct schan *ch)
+{
+    struct upconn *u = ch->up;
+    const struct pool *p = ch->pool;
+    if (transport_is_tls(&u->tr)) return; /* TLS may hold decrypted bytes itself */
+    uint64_t want = 1, min = p->h2_answer_min;
+    if (ch->ncopies > 1 && u->out.bytes == 0 && min && !ch->h2_sending && !ch->h2_nheld &&
+        p->shadow_latency_known && p->shadow_latency < H2_BATCH_LATENCY) {
+        want = (uint64_t)ch->ncopies * min - min / 2;
+        if (want > H2_MAX_WAKE_BYTES) want = H2_MAX_WAKE_BYTES;
+    }
+    upconn_set_rcvlowat(u, (unsigned)want);
+}
 
 static unsigned stream_limit(const struct schan *ch)
 {
@@ -214,10 +278,11 @@ static struct schan *channel_open(struct mcopy *mc, enum upstream_error *err)
         free(ch);
         return NULL;
     }
-    if (nghttp2_session_client_new(&ch->h2, callbacks(), ch) != 0) abort();
+    if (nghttp2_session_client_new2(&ch->h2, callbacks(), ch, options()) != 0) abort();
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     nghttp2_submit_settings(ch->h2, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
     nghttp2_session_set_local_window_size(ch->h2, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);
@@ -273,12 +338,14 @@ void h2_flush(struct schan *ch)
         }
         if (!ch->up->out.bytes) {
             upconn_watch(ch->up, true, false);
-            return;
+            break;
         }
         schan_write(ch);
+        if (!ch->up) return;
         /* the socket took less than was queued: its EV_WRITE calls again */
-        if (!ch->up || ch->up->out.bytes > H2_OUT_HIGH || !resume_held(ch)) return;
+        if (ch->up->out.bytes > H2_OUT_HIGH || !resume_held(ch)) break;
     }
+    wake_at(ch);
 }
 
 /* ---- copies ---- */
@@ -287,6 +354,9 @@ void h2_submit(struct mcopy *mc, const struct http_request *r)
 {
     struct schan *ch = mc->ch;
     if (mc->req_ended) mc->h2_eof = true;
+    /* nghttp2 copies the list: a copy that ends before its HEADERS frame
+     * leaves (connecting, or past the shadow's stream limit) must not leave
+     * nghttp2 pointing into freed memory. */
     struct h2_fields f;
     h2_request_fields(&f, r, mc->m, transport_is_tls(&ch->up->tr));
     nghttp2_data_provider body = {.source = {.ptr = NULL}, .read_callback = read_cb};
@@ -299,6 +369,7 @@ void h2_submit(struct mcopy *mc, const struct http_request *r)
         return;
     }
     mc->stream_id = id;
+    ch->h2_sending++;
     if (id >= H2_LAST_STREAM_ID) ch->h2_full = true;
     schan_dirty(ch);
 }
@@ -331,6 +402,8 @@ void h2_remove(struct schan *ch, struct mcopy *mc)
     int32_t id = mc->stream_id;
     if (mc->h2_held) ch->h2_nheld--;
     mc->h2_held = false;
+    if (id && !mc->h2_req_sent) ch->h2_sending--;
+    mc->h2_req_sent = true;
     if (id && !mc->h2_closed) {
         nghttp2_session_set_stream_user_data(ch->h2, id, NULL);
         /* An answered stream whose request is out closes by itself; one
@@ -368,6 +441,7 @@ static void h2_connected(void *owner)
 
 static void h2_read(struct schan *ch)
 {
+    uint64_t bytes = 0, answered = ch->h2_answers;
     for (int rounds = 0; rounds < 4; rounds++) {
         uint8_t buf[16384];
         ssize_t r = transport_read(&ch->up->tr, (char *)buf, sizeof buf);
@@ -376,6 +450,7 @@ static void h2_read(struct schan *ch)
             schan_fail(ch, r == -EPROTO ? MO_FAILED_TLS : MO_FAILED_RESET, true);
             return;
         }
+        bytes += (uint64_t)r;
         ssize_t rv = nghttp2_session_mem_recv(ch->h2, buf, (size_t)r);
         if (!ch->up) return; /* a callback let it go */
         if (rv < 0 || ch->h2_broken) {
@@ -384,8 +459,23 @@ static void h2_read(struct schan *ch)
         }
         if ((size_t)r < sizeof buf) break;
     }
+    /* The fewest bytes per answer seen: other frames only add bytes. */
+    if (ch->h2_answers > answered) {
+        uint64_t per = bytes / (ch->h2_answers - answered);
+        struct pool *p = ch->pool;
+        if (per && (!p->h2_answer_min || per < p->h2_answer_min)) p->h2_answer_min = (unsigned)per;
+    }
     if (nghttp2_session_want_write(ch->h2)) schan_dirty(ch); /* acks and window updates */
-    else if (!nghttp2_session_want_read(ch->h2)) schan_fail(ch, MO_FAILED_RESET, true);
+    else if (!nghttp2_session_want_read(ch->h2)) {
+        schan_fail(ch, MO_FAILED_RESET, true);
+        return;
+    }
+    wake_at(ch);
+}
+
+void h2_read_due(struct schan *ch)
+{
+    if (ch->up && ch->up->rcvlowat > 1) h2_read(ch);
 }
 
 static void h2_io(void *owner, int revents)

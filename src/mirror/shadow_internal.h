@@ -57,6 +57,7 @@ struct mcopy {
     bool h2_answered;             /* the shadow's answer ended (END_STREAM) */
     bool h2_closed;               /* nghttp2 closed the stream */
     struct h2_fields h2_trailers; /* sent after the body when non-empty */
+    bool h2_req_sent;             /* its END_STREAM is in the connection's queue */
 };
 
 /* One shadow connection and the copies riding it.
@@ -93,6 +94,8 @@ struct schan {
     bool h2_full;                    /* no new streams: GOAWAY, or stream ids used up */
     bool h2_broken;                  /* the shadow broke the protocol */
     unsigned h2_nheld;               /* copies with h2_held set */
+    unsigned h2_sending;             /* copies whose END_STREAM is not queued yet */
+    uint64_t h2_answers;             /* answers completed on it */
     ev_timer h2_idle;                /* closes it once it carried nothing this long */
 };
 
@@ -133,6 +136,8 @@ void h2_body_end(struct mcopy *mc, const http_field *trailers, size_t n);
 void h2_remove(struct schan *ch, struct mcopy *mc);
 /** Sends what nghttp2 has queued and writes it. */
 void h2_flush(struct schan *ch);
+/** A copy's deadline: reads answers waiting below the wake-up mark. */
+void h2_read_due(struct schan *ch);
 /** Frees the channel's session (when the channel itself is freed). */
 void h2_channel_free(struct schan *ch);
 /** Takes the channel out of its pool's list (it is closing). */

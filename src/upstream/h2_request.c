@@ -104,6 +104,9 @@ void h2_request_fields(struct h2_fields *out, const struct http_request *r,
     }
     add_str(out, "x-forwarded-proto", r->tls ? "https" : "http");
     add(out, "x-request-id", 12, r->request_id.p, r->request_id.len, false);
+    /* unique per request: indexing it would only push useful fields out of
+     * the shadow's HPACK table */
+    out->nv[out->n - 1].flags = NGHTTP2_NV_FLAG_NO_INDEX;
     for (size_t i = 0; m && i < m->nset_headers; i++)
         add_str(out, m->set_headers[i].name, m->set_headers[i].value); /* lowercase already */
     if (m) add_str(out, "x-umbra-shadow", "1");

@@ -68,6 +68,7 @@ struct pool {
     ev_tstamp pace_next;        /* shadow.c: when a paced copy may start next */
     unsigned shadow_answer_min; /* shadow.c: bytes of the smallest answer seen, 0 before one */
     struct schan *h2;           /* shadow_h2.c: the HTTP/2 connections, which stay ACTIVE */
+    unsigned h2_answer_min;     /* shadow_h2.c: fewest bytes an answer took, 0 before one */
     /* Told first when the pool retires: closes connections that stay ACTIVE
      * while carrying nothing (shadow_h2.c's), as the idle list is closed. */
     void (*retire_hook)(struct pool *p);
