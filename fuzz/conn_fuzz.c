@@ -5,10 +5,12 @@
  * nothing is left behind: objects (LeakSanitizer), descriptors, mirror memory,
  * connection counters. It does not judge the responses.
  *
- * Input: byte 0 is flags (below), then CLIENT SEP PRIMARY SEP SHADOW with
- * SEP = "\n@@@@\n". Every connection umbra opens to the primary is answered
- * with PRIMARY, every one to the shadow with SHADOW (several responses in one
- * script are fine: keep-alive). Needs worker_attach/worker_adopt/worker_detach
+ * Input: byte 0 is flags (below), then CLIENT SEP PRIMARY SEP SHADOW
+ * [SEP SHADOW_H2] with SEP = "\n@@@@\n". Every connection umbra opens to the
+ * primary is answered with PRIMARY, every one to the HTTP/1.1 shadow with
+ * SHADOW (several responses in one script are fine: keep-alive), and every
+ * one to the HTTP/2 shadow (a second mirror, protocol: h2) with SHADOW_H2:
+ * server frames, or nothing. Needs worker_attach/worker_adopt/worker_detach
  * from core/worker.h. */
 #include <dirent.h>
 #include <errno.h>
@@ -96,6 +98,14 @@ static const char config_fmt[] =
     "    timeout: 20ms\n"
     "    max_pending: 4\n"
     "    circuit_breaker: {consecutive_failures: 0}\n"
+    "  - name: shadow_h2\n"
+    "    endpoints: [127.0.0.1:%d]\n"
+    "    protocol: h2\n"
+    "    connect_timeout: 10ms\n"
+    "    timeout: 20ms\n"
+    "    max_pending: 4\n"
+    "    keepalive: {idle_timeout: 15ms}\n"
+    "    circuit_breaker: {consecutive_failures: 0}\n"
     "routes:\n"
     "  - name: plain\n"
     "    match: {prefix: /plain}\n"
@@ -107,12 +117,19 @@ static const char config_fmt[] =
     "      - cluster: shadow\n"
     "        fraction: 100%%\n"
     "        buffer: 4KiB\n"
+    "        max_body: 16KiB\n"
+    "      - cluster: shadow_h2\n"
+    "        fraction: 100%%\n"
+    "        buffer: 4KiB\n"
     "        max_body: 16KiB\n";
 
 /* ---- process-wide state, set up once ---- */
 
+/* The scripted upstreams, in the order of their scripts in an input. */
+enum peer_kind { K_PRIMARY, K_SHADOW, K_SHADOW_H2, K_COUNT };
+
 static struct {
-    int primary_ls, shadow_ls, client_ls;
+    int up_ls[K_COUNT], client_ls;
     struct config *cfg;
     struct snapshot snap;
     int listen_fd_slot;
@@ -125,10 +142,11 @@ struct script {
     size_t len;
 };
 
+
 struct peer {
     ev_io io;
     int fd;
-    bool shadow;
+    enum peer_kind kind;
     bool answering;  /* the script is being written */
     bool shut;       /* our write side is shut */
     size_t sent;
@@ -138,18 +156,18 @@ struct peer {
 struct run {
     struct ev_loop *loop;
     unsigned flags;
-    struct script client, primary, shadow;
+    struct script client, up[K_COUNT];
     size_t client_limit;     /* bytes of the client script released so far */
     size_t client_sent;
     int client_fd;           /* our end of the socketpair, -1 once closed */
     ev_io client_io;
-    ev_io primary_accept, shadow_accept;
+    ev_io accept[K_COUNT];
     ev_timer tick;
     struct peer *peers;
     unsigned long progress;  /* bumped by every callback of ours that did I/O */
     /* what happened, for CONN_FUZZ_VERBOSE=1 */
-    unsigned accepted[2];    /* primary, shadow connections */
-    size_t upstream_in[2];   /* request bytes they received */
+    unsigned accepted[K_COUNT];  /* connections of each upstream */
+    size_t upstream_in[K_COUNT]; /* request bytes they received */
     char answer[48];         /* the start of what the client received */
     size_t client_in;
 };
@@ -197,11 +215,11 @@ static void setup(void)
     signal(SIGPIPE, SIG_IGN);
     log_set_level(LOG_ERROR);
     config_set_resolve_names(false);
-    g.primary_ls = listen_loopback();
-    g.shadow_ls = listen_loopback();
+    for (int k = 0; k < K_COUNT; k++) g.up_ls[k] = listen_loopback();
     g.client_ls = listen_loopback();
     char yaml[sizeof config_fmt + 32];
-    int n = snprintf(yaml, sizeof yaml, config_fmt, port_of(g.primary_ls), port_of(g.shadow_ls));
+    int n = snprintf(yaml, sizeof yaml, config_fmt, port_of(g.up_ls[K_PRIMARY]),
+                     port_of(g.up_ls[K_SHADOW]), port_of(g.up_ls[K_SHADOW_H2]));
     CHECK(n > 0 && (size_t)n < sizeof yaml, "config text");
     g.cfg = config_load_string("conn_fuzz.yaml", yaml, (size_t)n, stderr);
     CHECK(g.cfg != NULL, "config");
@@ -235,16 +253,16 @@ static void setup(void)
         }
 }
 
-/* Splits CLIENT SEP PRIMARY SEP SHADOW; missing parts are empty. */
-static void split_input(const uint8_t *p, size_t n, struct script *out[3])
+/* Splits CLIENT SEP PRIMARY SEP SHADOW SEP SHADOW_H2; missing parts are empty. */
+static void split_input(const uint8_t *p, size_t n, struct script *out[4])
 {
-    for (int i = 0; i < 3; i++) {
-        const uint8_t *sep = i < 2 ? memmem(p, n, SEP, sizeof SEP - 1) : NULL;
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *sep = i < 3 ? memmem(p, n, SEP, sizeof SEP - 1) : NULL;
         size_t len = sep ? (size_t)(sep - p) : n;
         out[i]->p = p;
         out[i]->len = len < MAX_PART ? len : MAX_PART;
         if (!sep) {
-            for (int k = i + 1; k < 3; k++) out[k]->p = NULL, out[k]->len = 0;
+            for (int k = i + 1; k < 4; k++) out[k]->p = NULL, out[k]->len = 0;
             return;
         }
         n -= len + sizeof SEP - 1;
@@ -263,7 +281,7 @@ static void peer_close(struct run *r, struct peer *pe)
 
 static void peer_write(struct run *r, struct peer *pe)
 {
-    const struct script *s = pe->shadow ? &r->shadow : &r->primary;
+    const struct script *s = &r->up[pe->kind];
     while (pe->sent < s->len) {
         ssize_t w = send(pe->fd, s->p + pe->sent, s->len - pe->sent, MSG_NOSIGNAL);
         if (w < 0) {
@@ -273,7 +291,7 @@ static void peer_write(struct run *r, struct peer *pe)
         pe->sent += (size_t)w;
         r->progress++;
     }
-    bool close_after = r->flags & (pe->shadow ? F_SHADOW_CLOSE : F_PRIMARY_CLOSE);
+    bool close_after = r->flags & (pe->kind == K_PRIMARY ? F_PRIMARY_CLOSE : F_SHADOW_CLOSE);
     if (close_after && !pe->shut) {
         shutdown(pe->fd, SHUT_WR);
         pe->shut = true;
@@ -297,7 +315,7 @@ static void peer_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         if (n > 0) {
             r->progress++;
-            r->upstream_in[pe->shadow] += (size_t)n;
+            r->upstream_in[pe->kind] += (size_t)n;
             if (!pe->answering) {
                 pe->answering = true;
                 ev_io_stop(loop, io);
@@ -312,13 +330,13 @@ static void peer_cb(struct ev_loop *loop, ev_io *io, int revents)
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct run *r = cur;
-    bool shadow = io == &r->shadow_accept;
+    enum peer_kind kind = (enum peer_kind)(io - r->accept);
     for (;;) {
         int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return;
         r->progress++;
-        r->accepted[shadow]++;
-        if (!shadow && (r->flags & F_PRIMARY_RESET)) {
+        r->accepted[kind]++;
+        if (kind == K_PRIMARY && (r->flags & F_PRIMARY_RESET)) {
             struct linger lg = {1, 0};
             setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
             close(fd);
@@ -327,7 +345,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         struct peer *pe = calloc(1, sizeof *pe);
         CHECK(pe != NULL, "calloc");
         pe->fd = fd;
-        pe->shadow = shadow;
+        pe->kind = kind;
         pe->answering = r->flags & F_EARLY;
         pe->next = r->peers;
         r->peers = pe;
@@ -415,8 +433,7 @@ static void drain_backlog(int ls)
 static void teardown(struct run *r, struct worker *w)
 {
     ev_timer_stop(r->loop, &r->tick);
-    ev_io_stop(r->loop, &r->primary_accept);
-    ev_io_stop(r->loop, &r->shadow_accept);
+    for (int k = 0; k < K_COUNT; k++) ev_io_stop(r->loop, &r->accept[k]);
     ev_io_stop(r->loop, &r->client_io);
     for (struct peer *pe = r->peers; pe; pe = pe->next) ev_io_stop(r->loop, &pe->io);
     worker_detach(w); /* closes umbra's ends, frees every object, destroys the loop */
@@ -427,8 +444,7 @@ static void teardown(struct run *r, struct worker *w)
         free(pe);
     }
     if (r->client_fd >= 0) close(r->client_fd);
-    drain_backlog(g.primary_ls);
-    drain_backlog(g.shadow_ls);
+    for (int k = 0; k < K_COUNT; k++) drain_backlog(g.up_ls[k]);
     stats_free_all();
 }
 
@@ -447,7 +463,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (size < 1) return 0;
     struct run r = {.flags = data[0], .client_fd = -1};
-    struct script *parts[3] = {&r.client, &r.primary, &r.shadow};
+    struct script *parts[4] = {&r.client, &r.up[K_PRIMARY], &r.up[K_SHADOW], &r.up[K_SHADOW_H2]};
     split_input(data + 1, size - 1, parts);
     int fds_before = count_fds();
 
@@ -455,10 +471,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.loop = w->loop;
     cur = &r;
     worker_attach(w, &g.snap);
-    ev_io_init(&r.primary_accept, accept_cb, g.primary_ls, EV_READ);
-    ev_io_init(&r.shadow_accept, accept_cb, g.shadow_ls, EV_READ);
-    ev_io_start(r.loop, &r.primary_accept);
-    ev_io_start(r.loop, &r.shadow_accept);
+    for (int k = 0; k < K_COUNT; k++) {
+        ev_io_init(&r.accept[k], accept_cb, g.up_ls[k], EV_READ);
+        ev_io_start(r.loop, &r.accept[k]);
+    }
     ev_timer_init(&r.tick, tick_cb, TICK_S, TICK_S);
     ev_timer_start(r.loop, &r.tick);
 
@@ -489,8 +505,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (char *c = r.answer; *c; c++)
             if (*c == '\r' || *c == '\n') *c = ' ';
         fprintf(stderr, "conn_fuzz: flags 0x%02x: primary %u conns %zu bytes in, shadow %u conns %zu bytes in, "
-                "client got %zu bytes: %s\n", r.flags, r.accepted[0], r.upstream_in[0], r.accepted[1],
-                r.upstream_in[1], r.client_in, r.answer);
+                "h2 shadow %u conns %zu bytes in, client got %zu bytes: %s\n", r.flags, r.accepted[0],
+                r.upstream_in[0], r.accepted[1], r.upstream_in[1], r.accepted[2], r.upstream_in[2],
+                r.client_in, r.answer);
     }
 
     CHECK(atomic_load(&g.snap.refs) == 1, "the worker gave its snapshot reference back");
