@@ -410,12 +410,17 @@ class Target:
 
 # ---------------------------------------------------- backends and shadows
 
-def start_nginx_return(ctx, role, cpu=LOAD_CPU):
+def start_nginx_return(ctx, role, cpu=LOAD_CPU, h2=False):
+    """h2: the port speaks HTTP/2 with prior knowledge only (nginx 1.22's
+    plain `listen ... http2`), so readiness is an open port."""
     addr = ctx.free_addr()
-    cfg = ctx.render("nginx-return.conf", LISTEN=addr)
+    cfg = ctx.render("nginx-return.conf", LISTEN=addr + (" http2" if h2 else ""))
     ctx.start(role, ["nginx", "-p", ctx.dir, "-e", ctx.dir / "error.log",
                      "-c", cfg], cpu)
-    ctx.wait_http(addr, role)
+    if h2:
+        ctx.wait_tcp(addr, role)
+    else:
+        ctx.wait_http(addr, role)
     return addr
 
 
@@ -460,6 +465,10 @@ SHADOWS = {
     "fast": lambda ctx: start_nginx_return(ctx, "shadow-fast"),
     "slow": lambda ctx: start_umbra_collect(ctx, "shadow-slow", SLOW_SHADOW_DELAY),
     "blackhole": lambda ctx: start_python_shadow(ctx, "blackhole"),
+    # The same shadows for `protocol: h2` clusters: nginx's h2c port, and
+    # umbra collect (h2c with prior knowledge on its one port). A black hole
+    # is the same whatever it does not speak.
+    "fast-h2": lambda ctx: start_nginx_return(ctx, "shadow-fast", h2=True),
 }
 
 
@@ -542,6 +551,9 @@ for _shadow, _what in (("fast", "a fast shadow"),
                               mirrored(start_umbra, "umbra-mirror.yaml", _shadow)))
     SCENARIOS.append(Scenario(f"nginx-mirror-{_shadow}", f"NGINX mirror 100% to {_what}",
                               mirrored(start_nginx, "nginx-mirror.conf", _shadow)))
+    SCENARIOS.append(Scenario(f"umbra-mirror-h2-{_shadow}", f"the same over HTTP/2 (protocol: h2) to {_what}",
+                              mirrored(start_umbra, "umbra-mirror-h2.yaml",
+                                       "fast-h2" if _shadow == "fast" else _shadow)))
 SCENARIOS += [
     # Issue 4: the same 1 KiB JSON POST load, mirrored to a fast shadow with
     # and without a scrub policy; the primary's p99 must not move.
@@ -575,6 +587,11 @@ COMPARISONS = [
     ("umbra-mirror-fast", "umbra"),
     ("umbra-mirror-slow", "umbra-mirror-fast"),
     ("umbra-mirror-blackhole", "umbra-mirror-fast"),
+    ("umbra-mirror-h2-fast", "umbra"),
+    ("umbra-mirror-h2-fast", "umbra-mirror-fast"),
+    ("umbra-mirror-h2-slow", "umbra-mirror-fast"),
+    ("umbra-mirror-h2-slow", "umbra-mirror-h2-fast"),
+    ("umbra-mirror-h2-blackhole", "umbra-mirror-h2-fast"),
     ("umbra-mirror-scrub", "umbra-mirror-json"),
     ("umbra-tls", "nginx-tls"),
     ("umbra-tls", "umbra"),
@@ -1153,7 +1170,7 @@ def main():
     if len(sys.argv) > 1:
         if sys.argv[1] == "--list":
             for sc in SCENARIOS:
-                print(f"{sc.name:<24}{'default' if sc.default else '':<9}{sc.what}")
+                print(f"{sc.name:<27}{'default' if sc.default else '':<9}{sc.what}")
             return 0
         print(__doc__.strip())
         print("\nbash bench/run.sh [--list]   (--list: the scenarios BENCH_SCENARIOS can name)")
