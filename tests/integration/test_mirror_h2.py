@@ -8,7 +8,6 @@ with the right outcome and never the primary; a bad config says where."""
 
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -16,10 +15,10 @@ import time
 
 import pytest
 
-from backends import closed_port, pattern_chunks, pattern_sha256
-from harness import Client, build_request, chunked, wait_until
-from shadows import MB, header_values, mirror_config, outcomes, peers, record_body, wait_outcomes  # noqa: F401
-from test_mirror_basic import SHAPES, shadow_host
+from backends import closed_port
+from harness import Client, wait_until
+from shadows import MB, _stop_pid, header_values, mirror_config, outcomes, peers, record_body, wait_outcomes  # noqa: F401
+from test_mirror_basic import SHAPES, send_shape, shadow_host
 from test_tls import pki  # noqa: F401
 from tls_util import server_context, tls_backend
 
@@ -75,18 +74,10 @@ def test_h2_copies_equal_primary_except_declared_changes(procs, peers):
     u = procs.umbra(mirror_config(b, {"shadow": h2_shadow(col)}, [MIRROR]))
     sent = {}
     with Client(u.port) as c:
-        for name, (method, target, headers, body, framing) in SHAPES.items():
+        for name, shape in SHAPES.items():
             rid = "h2-%s-%d" % (name, os.getpid())
-            headers = list(headers) + [("X-Request-Id", rid)]
-            host = "a.example:8080" if name == "host-port" else "api.test"
-            if framing == "chunked":
-                raw = build_request(method, target, headers + [("Transfer-Encoding", "chunked")], None, host)
-                c.send(raw + chunked(body, sizes=(1, 700, 4096, 3), trailers=[("X-Sum", "abc")]))
-                r = c.read(method)
-            else:
-                r = c.request(method, target, headers, body if framing else None, host)
-            assert r.status == 200, (name, r)
-            sent[rid] = body
+            send_shape(c, name, rid)
+            sent[rid] = shape[3]
     col.wait_count(len(SHAPES), 10)
     by_id = col.by_request_id()
     prim_by_id = {header_values(p["headers"], "x-request-id")[0]: p for p in b.requests}
@@ -137,29 +128,6 @@ def test_h2_slow_shadow_holds_every_copy_on_one_connection(procs, peers):
     assert wait_outcomes(u, n, timeout=20) == {"completed": n}
     assert shadow_connections(u) == 1
     assert col.count() == n
-
-
-@pytest.mark.timeout(120)
-def test_h2_streamed_body_and_flow_control(procs, peers):
-    """A 20 MB body streamed by the client goes to the shadow in DATA frames
-    under HTTP/2 flow control, by reference, whole."""
-    size = 20 * MB
-    b = procs.backend()
-    col = peers.collector()
-    u = procs.umbra(mirror_config(b, {"shadow": h2_shadow(col)}, [{"cluster": "shadow", "buffer": "16MiB"}],
-                                  mirror_memory="256MiB"))
-    with Client(u.port, timeout=60) as c:
-        c.send(build_request("POST", "/big", [("Content-Length", str(size)), ("X-Request-Id", "h2-big")]))
-        for piece in pattern_chunks(size):
-            wait_until(lambda: u.metrics().sum("umbra_mirror_memory_bytes") < 8 * MB, 30, 0.01,
-                       "the shadow copy's backlog to drain below 8 MiB")
-            c.send(piece)
-        r = c.read("POST")
-    assert r.status == 200, r
-    assert wait_outcomes(u, 1, timeout=30) == {"completed": 1}
-    rec = col.wait_count(1)[0]
-    assert header_values(rec["headers"], "x-request-id") == ["h2-big"]
-    assert rec["body_length"] == size and rec["body_sha256"] == pattern_sha256(size)
 
 
 @pytest.mark.timeout(60)
@@ -337,13 +305,7 @@ class NginxH2Shadow:
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        _stop_pid(self.proc)
 
 
 @pytest.mark.timeout(90)
