@@ -36,8 +36,10 @@
 /* Stream ids are 31 bits and never reused: a connection near the end of
  * them takes no new copies and closes once its streams end. */
 #define H2_LAST_STREAM_ID 0x7fff0000
-/* Answers of shadows faster than this are read in batches (wake_at). */
+/* Answers of shadows faster than this are read in batches (wake_at), and
+ * no answer waits in the socket longer than H2_BATCH_WAIT for the rest. */
 #define H2_BATCH_LATENCY 0.002
+#define H2_BATCH_WAIT 0.004
 /* The most bytes a connection waits for before it wakes us (SO_RCVLOWAT). */
 #define H2_MAX_WAKE_BYTES (32 * 1024)
 
@@ -212,8 +214,10 @@ static nghttp2_option *options(void)
  * fewest bytes an answer has taken, the last one half in). Waiting for all
  * of them holds an early answer for at most the shadow's latency, so only a
  * shadow faster than H2_BATCH_LATENCY is read this way; a slower one's
- * answers arrive spread out, and each read takes what came. A copy's
- * deadline reads what is below the mark before it fails. */
+ * answers arrive spread out, and each read takes what came. The mark is an
+ * estimate: answers smaller than any seen before (HPACK indexes a field
+ * the first answers spelled out) may never reach it, and one connection
+ * carries every copy, so a timer reads after H2_BATCH_WAIT whatever came. */
 static void wake_at(struct schan *ch)
 {
     struct upconn *u = ch->up;
@@ -226,6 +230,16 @@ static void wake_at(struct schan *ch)
         if (want > H2_MAX_WAKE_BYTES) want = H2_MAX_WAKE_BYTES;
     }
     upconn_set_rcvlowat(u, (unsigned)want);
+    if (want <= 1) ev_timer_stop(ch->w->loop, &ch->h2_wake);
+    else if (!ev_is_active(&ch->h2_wake)) ev_timer_start(ch->w->loop, &ch->h2_wake);
+}
+
+static void h2_read(struct schan *ch);
+
+static void wake_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct schan *ch = t->data;
+    if (ch->up) h2_read(ch);
 }
 
 static unsigned stream_limit(const struct schan *ch)
@@ -239,6 +253,7 @@ void h2_channel_unlink(struct schan *ch)
 {
     struct pool *p = ch->pool;
     ev_timer_stop(ch->w->loop, &ch->h2_idle);
+    ev_timer_stop(ch->w->loop, &ch->h2_wake);
     if (ch->h2_prev) ch->h2_prev->h2_next = ch->h2_next;
     else if (p->h2 == ch) p->h2 = ch->h2_next;
     if (ch->h2_next) ch->h2_next->h2_prev = ch->h2_prev;
@@ -288,6 +303,8 @@ static struct schan *channel_open(struct mcopy *mc, enum upstream_error *err)
     nghttp2_session_set_local_window_size(ch->h2, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);
     ev_timer_init(&ch->h2_idle, idle_cb, (double)p->cl->keepalive_idle_timeout_ms / 1000.0, 0.0);
     ch->h2_idle.data = ch;
+    ev_timer_init(&ch->h2_wake, wake_cb, H2_BATCH_WAIT, 0.0);
+    ch->h2_wake.data = ch;
     ch->h2_next = p->h2;
     if (p->h2) p->h2->h2_prev = ch;
     p->h2 = ch;

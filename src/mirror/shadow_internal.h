@@ -97,6 +97,7 @@ struct schan {
     unsigned h2_sending;             /* copies whose END_STREAM is not queued yet */
     uint64_t h2_answers;             /* answers completed on it */
     ev_timer h2_idle;                /* closes it once it carried nothing this long */
+    ev_timer h2_wake;                /* reads answers held below the wake-up mark */
 };
 
 /** The one exit of a copy: counts the outcome, leaves the connection, frees
