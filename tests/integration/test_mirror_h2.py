@@ -19,6 +19,7 @@ from backends import closed_port
 from harness import Client, wait_until
 from shadows import MB, _stop_pid, header_values, mirror_config, outcomes, peers, record_body, wait_outcomes  # noqa: F401
 from test_mirror_basic import SHAPES, send_shape, shadow_host
+from test_mirror_pipelining import burst
 from test_tls import pki  # noqa: F401
 from tls_util import server_context, tls_backend
 
@@ -344,3 +345,109 @@ def test_h2_over_tls_without_alpn_h2_fails_as_protocol_error(procs, pki):  # noq
     assert wait_outcomes(u, n) == {"failed_protocol": n}
     assert shadow.requests == []
     wait_until(lambda: "did not choose ALPN h2" in u.tail(), 5, 0.05, "the ALPN log line")
+
+
+class RawH2Shadow:
+    """An HTTP/2 shadow written frame by frame (no HPACK decoding needed):
+    it answers every request stream with a HEADERS frame, END_STREAM set.
+    The first `big` answers carry a 100-byte literal field, later ones only
+    an indexed :status 200 (10 bytes): answers that shrink on cue."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    def __init__(self, big):
+        self.big = big
+        self.answered = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def frame(ftype, flags, stream, payload=b""):
+        return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+    def _answer(self, stream):
+        with self.lock:
+            self.answered += 1
+            big = self.answered <= self.big
+        block = b"\x88" + (b"\x00\x05x-pad\x64" + b"p" * 100 if big else b"")
+        return self.frame(1, 0x05, stream, block)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while len(buf) < len(self.PREFACE):
+                buf += c.recv(65536) or b""
+            buf = buf[len(self.PREFACE):]
+            c.sendall(self.frame(4, 0, 0))
+            while True:
+                out = b""
+                while len(buf) >= 9:
+                    n = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + n:
+                        break
+                    ftype, flags, stream = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    buf = buf[9 + n:]
+                    if ftype == 4 and not flags & 1:
+                        out += self.frame(4, 1, 0)  # SETTINGS ACK
+                    elif ftype == 1 and flags & 0x01:  # a whole request: HEADERS with END_STREAM
+                        out += self._answer(stream)
+                if out:
+                    c.sendall(out)
+                data = c.recv(65536)
+                if not data:
+                    return
+                buf += data
+        except OSError:
+            return
+
+    def stop(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.timeout(90)
+def test_h2_answers_below_the_wake_up_mark_are_read_soon(procs):
+    """A fast shadow's answers are read in batches: the socket wakes umbra
+    when about all answers in flight are in, counted in the fewest bytes an
+    answer has taken. Answers smaller than any before (HPACK indexing what
+    the first answers spelled out) fall short of that mark; one connection
+    carries every copy, so none may wait for its deadline (20 s here): each
+    batch completes within a second."""
+    warm = 40
+    shadow = RawH2Shadow(big=warm)
+    procs.backends.append(shadow)
+    b = procs.backend()
+    u = procs.umbra(mirror_config(b, {"shadow": h2_shadow(shadow.addr, timeout="20s")}, [{"cluster": "shadow"}],
+                                  workers=1))
+    n = 8
+    clients = [Client(u.port) for _ in range(n)]
+    try:
+        # one at a time, big answers: the size estimate learns them, and the
+        # latency average (batching needs < 2 ms) forgets the first connect
+        for i in range(warm):
+            assert clients[i % n].request("GET", "/warm/%d" % i).status == 200
+            assert wait_outcomes(u, i + 1) == {"completed": i + 1}
+        for k in range(3):
+            t0 = time.monotonic()
+            burst(u, clients, "b%d" % k)  # small answers from here on
+            assert wait_outcomes(u, warm + n * (k + 1), timeout=30) == {"completed": warm + n * (k + 1)}
+            took = time.monotonic() - t0
+            assert took < 1.0, "batch %d took %.2f s: its answers waited below the wake-up mark" % (k, took)
+    finally:
+        for c in clients:
+            c.close()
