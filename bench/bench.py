@@ -508,12 +508,14 @@ def tls_terminating(start_proxy, template, load):
     return start
 
 
-def mirrored(start_proxy, template, shadow, load="http"):
+def mirrored(start_proxy, template, shadow, load="http", protocol="http1"):
+    """protocol: the shadow cluster's, in umbra's templates (NGINX's have no
+    placeholder for it)."""
     def start(ctx):
         shadow_addr = SHADOWS[shadow](ctx)
         target = start_proxy(ctx, template, SHADOW=shadow_addr,
                              SHADOW_CONNECT_TIMEOUT=SHADOW_CONNECT_TIMEOUT,
-                             SHADOW_TIMEOUT=SHADOW_TIMEOUT)
+                             SHADOW_TIMEOUT=SHADOW_TIMEOUT, SHADOW_PROTOCOL=protocol)
         target.load = load
         return target
     return start
@@ -552,8 +554,8 @@ for _shadow, _what in (("fast", "a fast shadow"),
     SCENARIOS.append(Scenario(f"nginx-mirror-{_shadow}", f"NGINX mirror 100% to {_what}",
                               mirrored(start_nginx, "nginx-mirror.conf", _shadow)))
     SCENARIOS.append(Scenario(f"umbra-mirror-h2-{_shadow}", f"the same over HTTP/2 (protocol: h2) to {_what}",
-                              mirrored(start_umbra, "umbra-mirror-h2.yaml",
-                                       "fast-h2" if _shadow == "fast" else _shadow)))
+                              mirrored(start_umbra, "umbra-mirror.yaml",
+                                       "fast-h2" if _shadow == "fast" else _shadow, protocol="h2")))
 SCENARIOS += [
     # Issue 4: the same 1 KiB JSON POST load, mirrored to a fast shadow with
     # and without a scrub policy; the primary's p99 must not move.

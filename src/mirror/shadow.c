@@ -24,7 +24,6 @@
 #include "upstream/pool.h"
 
 #define MAX_INTERIM 16
-#define MAX_WAKE_BYTES (32 * 1024)
 
 static _Thread_local struct log_ratelimit rl_drop;
 
@@ -595,7 +594,6 @@ static bool send_scrubbed(struct mcopy *mc, const struct http_request *orig)
             chunk_unref(c);
         }
         strbuf_free(&out);
-        mc->h2_eof = true;
         h2_submit(mc, &mc->head.req);
         mcopy_account(mc);
         return true;

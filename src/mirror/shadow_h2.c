@@ -40,8 +40,6 @@
  * no answer waits in the socket longer than H2_BATCH_WAIT for the rest. */
 #define H2_BATCH_LATENCY 0.002
 #define H2_BATCH_WAIT 0.004
-/* The most bytes a connection waits for before it wakes us (SO_RCVLOWAT). */
-#define H2_MAX_WAKE_BYTES (32 * 1024)
 
 static void h2_connected(void *owner);
 static void h2_io(void *owner, int revents);
@@ -82,7 +80,7 @@ static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t leng
     struct mcopy *mc = stream_copy(s, id);
     if (!mc) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* it ended: the stream is reset */
     size_t n = mc->h2_body.bytes < length ? mc->h2_body.bytes : length;
-    if (n == 0 && !mc->h2_eof) {
+    if (n == 0 && !mc->req_ended) {
         mc->h2_deferred = true; /* h2_body or h2_body_end resumes it */
         return NGHTTP2_ERR_DEFERRED;
     }
@@ -92,7 +90,7 @@ static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t leng
         return NGHTTP2_ERR_DEFERRED;
     }
     *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (n == mc->h2_body.bytes && mc->h2_eof) {
+    if (n == mc->h2_body.bytes && mc->req_ended) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (mc->h2_trailers.n) {
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -163,11 +161,14 @@ static int on_error(nghttp2_session *s, int lib_error_code, const char *msg, siz
     return 0;
 }
 
-/* One set for every session of the process, built once: the callbacks
- * never change. */
+/* One set of callbacks and options for every session of the process, built
+ * once: they never change. Answers are discarded, so nghttp2 need not check
+ * that they are well-formed HTTP (framing and HPACK errors still end the
+ * connection), nor keep closed streams for a priority tree nobody uses. */
 static nghttp2_session_callbacks *shared_callbacks;
+static nghttp2_option *shared_options;
 
-static void callbacks_init(void)
+static void session_setup_init(void)
 {
     if (nghttp2_session_callbacks_new(&shared_callbacks) != 0) abort();
     nghttp2_session_callbacks *cbs = shared_callbacks;
@@ -177,32 +178,18 @@ static void callbacks_init(void)
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
-}
-
-static nghttp2_session_callbacks *callbacks(void)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, callbacks_init);
-    return shared_callbacks;
-}
-
-/* Answers are discarded: nghttp2 need not check that they are well-formed
- * HTTP (framing and HPACK errors still end the connection). */
-static nghttp2_option *shared_options;
-
-static void options_init(void)
-{
     if (nghttp2_option_new(&shared_options) != 0) abort();
     nghttp2_option_set_no_http_messaging(shared_options, 1);
-    /* Nor keep closed streams for a priority tree nobody uses. */
     nghttp2_option_set_no_closed_streams(shared_options, 1);
 }
 
-static nghttp2_option *options(void)
+static nghttp2_session *session_new(struct schan *ch)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, options_init);
-    return shared_options;
+    pthread_once(&once, session_setup_init);
+    nghttp2_session *s;
+    if (nghttp2_session_client_new2(&s, shared_callbacks, ch, shared_options) != 0) abort();
+    return s;
 }
 
 /* ---- connections ---- */
@@ -227,7 +214,7 @@ static void wake_at(struct schan *ch)
     if (ch->ncopies > 1 && u->out.bytes == 0 && min && !ch->h2_sending && !ch->h2_nheld &&
         p->shadow_latency_known && p->shadow_latency < H2_BATCH_LATENCY) {
         want = (uint64_t)ch->ncopies * min - min / 2;
-        if (want > H2_MAX_WAKE_BYTES) want = H2_MAX_WAKE_BYTES;
+        if (want > MAX_WAKE_BYTES) want = MAX_WAKE_BYTES;
     }
     upconn_set_rcvlowat(u, (unsigned)want);
     if (want <= 1) ev_timer_stop(ch->w->loop, &ch->h2_wake);
@@ -293,7 +280,7 @@ static struct schan *channel_open(struct mcopy *mc, enum upstream_error *err)
         free(ch);
         return NULL;
     }
-    if (nghttp2_session_client_new2(&ch->h2, callbacks(), ch, options()) != 0) abort();
+    ch->h2 = session_new(ch);
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
@@ -370,14 +357,13 @@ void h2_flush(struct schan *ch)
 void h2_submit(struct mcopy *mc, const struct http_request *r)
 {
     struct schan *ch = mc->ch;
-    if (mc->req_ended) mc->h2_eof = true;
     /* nghttp2 copies the list: a copy that ends before its HEADERS frame
      * leaves (connecting, or past the shadow's stream limit) must not leave
      * nghttp2 pointing into freed memory. */
     struct h2_fields f;
     h2_request_fields(&f, r, mc->m, transport_is_tls(&ch->up->tr));
     nghttp2_data_provider body = {.source = {.ptr = NULL}, .read_callback = read_cb};
-    bool has_body = !mc->h2_eof || mc->h2_body.bytes;
+    bool has_body = !mc->req_ended || mc->h2_body.bytes;
     int32_t id = nghttp2_submit_request(ch->h2, NULL, f.nv, f.n, has_body ? &body : NULL, mc);
     h2_fields_free(&f);
     if (id < 0) { /* stream ids used up: this connection takes no more */
@@ -410,7 +396,6 @@ void h2_body(struct mcopy *mc, struct chunk *c, const char *p, size_t n)
 void h2_body_end(struct mcopy *mc, const http_field *trailers, size_t n)
 {
     if (n) h2_trailer_fields(&mc->h2_trailers, trailers, n);
-    mc->h2_eof = true;
     resume(mc);
 }
 

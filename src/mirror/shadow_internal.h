@@ -19,6 +19,10 @@
 #include "upstream/h2_request.h"
 #include "upstream/pool.h"
 
+/* The most bytes a shadow connection waits for before it wakes us
+ * (SO_RCVLOWAT), over either protocol. */
+#define MAX_WAKE_BYTES (32 * 1024)
+
 struct schan;
 
 struct mcopy {
@@ -50,8 +54,7 @@ struct mcopy {
     struct strbuf body; /* the buffered body (bounded by max_body, else buffer) */
     /* On an HTTP/2 connection (shadow_h2.c): */
     int32_t stream_id;            /* 0 until submitted */
-    struct bufq h2_body;          /* body slices nghttp2 has not taken yet */
-    bool h2_eof;                  /* h2_body ends the request */
+    struct bufq h2_body;          /* body slices nghttp2 has not taken yet; req_ended: the last */
     bool h2_deferred;             /* nghttp2 waits for h2_body to fill, or for h2_held */
     bool h2_held;                 /* ... for the connection's queue to drain */
     bool h2_answered;             /* the shadow's answer ended (END_STREAM) */
